@@ -1,0 +1,171 @@
+"""The ``spritegen`` command.
+
+Every subcommand declares its arguments here and dispatches lazily to ``module:function(args)``,
+so ``spritegen --help`` stays fast and each procedure keeps a single entry point in its own module.
+
+    spritegen data fetch [--source pokemon|pokesprite|folder] [--path DIR] [--descriptions FILE]
+    spritegen data stats
+    spritegen metadata | prepare                       # DVC stages
+    spritegen train ldm --stage text|vae|unet|finetune # DVC stages of the latent diffusion family
+    spritegen sample "PROMPT" --n 8 --seed 0 --out grid.png
+    spritegen evaluate --generated DIR --reference DIR [--prompts FILE]
+    spritegen gate --baseline REV|FILE
+    spritegen params [--preset tiny]                   # the resolved params, validated
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+
+def _params_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", type=Path, default=None, help="params file (default: ./params.yaml)")
+    p.add_argument("--preset", default=None, help="apply a named preset on top (tiny, ci)")
+
+
+def _dispatch(target: str):
+    def run(args: argparse.Namespace) -> int | None:
+        module, func = target.split(":")
+        return getattr(importlib.import_module(module), func)(args)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spritegen", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    # --- params -------------------------------------------------------------------------------------
+    p = sub.add_parser("params", help="print the resolved, validated params (defaults filled in)")
+    _params_args(p)
+    p.set_defaults(run=_dispatch("spritegen.params_cli:main"))
+
+    # --- data ---------------------------------------------------------------------------------------
+    data = sub.add_parser("data", help="raw data: fetch and inspect").add_subparsers(dest="data_cmd", required=True)
+    p = data.add_parser("fetch", help="materialise data/raw deterministically from a source")
+    _params_args(p)
+    p.add_argument("--source", choices=["pokemon", "pokesprite", "folder"], default=None,
+                   help="overrides data.source in params")
+    p.add_argument("--path", type=Path, default=None, help="folder source: the user's sprite folder")
+    p.add_argument("--descriptions", type=Path, default=None,
+                   help="folder source: CSV or JSON of descriptions keyed by file name or national number")
+    p.add_argument("--out", type=Path, default=Path("data/raw"))
+    p.set_defaults(run=_dispatch("spritegen.data.sources:fetch_main"))
+    p = data.add_parser("stats", help="counts per split, type and colour, sizes, skipped files")
+    p.add_argument("--metadata", type=Path, default=Path("data/metadata.jsonl"))
+    p.add_argument("--prepared", type=Path, default=Path("data/prepared"))
+    p.set_defaults(run=_dispatch("spritegen.data.stats:main"))
+
+    # --- pipeline stages ----------------------------------------------------------------------------
+    p = sub.add_parser("metadata", help="stage: decode raw sprites, measure colours, write prompts")
+    _params_args(p)
+    p.add_argument("--raw", type=Path, default=Path("data/raw"))
+    p.add_argument("--out", type=Path, default=Path("data"))
+    p.set_defaults(run=_dispatch("spritegen.data.metadata:main"))
+
+    p = sub.add_parser("prepare", help="stage: resized tensors per split + preview grid")
+    _params_args(p)
+    p.add_argument("--raw", type=Path, default=Path("data/raw"))
+    p.add_argument("--metadata", type=Path, default=Path("data/metadata.jsonl"))
+    p.add_argument("--out", type=Path, default=Path("data/prepared"))
+    p.set_defaults(run=_dispatch("spritegen.data.prepare:main"))
+
+    train = sub.add_parser("train", help="stage: train a generator family").add_subparsers(dest="family", required=True)
+    p = train.add_parser("ldm", help="latent diffusion: text encoder, VAE, U-Net, fine-tune")
+    _params_args(p)
+    p.add_argument("--stage", required=True, choices=["text", "vae", "unet", "finetune"])
+    p.add_argument("--data", type=Path, default=Path("data/prepared"))
+    p.add_argument("--out", type=Path, default=Path("models/ldm"))
+    p.add_argument("--resume", action="store_true", help="resume from the stage's last checkpoint")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
+    p.set_defaults(run=_dispatch("spritegen.ldm.train:main"))
+
+    # --- sampling -----------------------------------------------------------------------------------
+    p = sub.add_parser("sample", help="sample a PNG grid for a prompt")
+    _params_args(p)
+    p.add_argument("prompt")
+    p.add_argument("--family", default="ldm")
+    p.add_argument("--model", type=Path, default=None, help="model folder (default: models/<family>)")
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++"], default=None)
+    p.add_argument("--out", type=Path, default=Path("grid.png"))
+    p.set_defaults(run=_dispatch("spritegen.sampling:sample_main"))
+
+    p = sub.add_parser("sample-set", help="stage: fixed prompt set x fixed seeds -> PNGs for evaluation")
+    _params_args(p)
+    p.add_argument("--family", required=True)
+    p.add_argument("--model", type=Path, default=None)
+    p.add_argument("--data", type=Path, default=Path("data/prepared"))
+    p.add_argument("--out", type=Path, default=None, help="default: samples/<family>")
+    p.set_defaults(run=_dispatch("spritegen.sampling:sample_set_main"))
+
+    # --- evaluation ---------------------------------------------------------------------------------
+    p = sub.add_parser("evaluator", help="stage: train the dataset CLIP-style evaluator")
+    _params_args(p)
+    p.add_argument("--data", type=Path, default=Path("data/prepared"))
+    p.add_argument("--out", type=Path, default=Path("models/evaluator"))
+    p.set_defaults(run=_dispatch("spritegen.evaluate.evaluator:main"))
+
+    p = sub.add_parser("reference", help="stage: features and statistics of the real images")
+    _params_args(p)
+    p.add_argument("--data", type=Path, default=Path("data/prepared"))
+    p.add_argument("--evaluator", type=Path, default=Path("models/evaluator"))
+    p.add_argument("--out", type=Path, default=Path("reference"))
+    p.set_defaults(run=_dispatch("spritegen.evaluate.reference:main"))
+
+    p = sub.add_parser("evaluate", help="score generated images (a pipeline family, or any folder)")
+    _params_args(p)
+    p.add_argument("--family", default=None, help="stage mode: score samples/<family>")
+    p.add_argument("--generated", type=Path, default=None, help="standalone: a folder of generated images")
+    p.add_argument("--reference", type=Path, default=None, help="standalone: a folder of real images")
+    p.add_argument("--prompts", type=Path, default=None, help="one prompt per generated image (sorted by name)")
+    p.add_argument("--backend", default=None, help="feature backend: evaluator, inception, clip")
+    p.add_argument("--out", type=Path, default=None)
+    p.set_defaults(run=_dispatch("spritegen.evaluate.suite:main"))
+
+    p = sub.add_parser("report", help="stage: summary table and figure across families")
+    _params_args(p)
+    p.add_argument("--metrics", type=Path, default=Path("metrics"))
+    p.set_defaults(run=_dispatch("spritegen.evaluate.report:main"))
+
+    p = sub.add_parser("gate", help="exit 1 with a table when a quality metric regressed")
+    _params_args(p)
+    p.add_argument("--baseline", required=True, help="a git revision, or a metrics folder/JSON file")
+    p.add_argument("--current", type=Path, default=Path("metrics"))
+    p.add_argument("--metrics", nargs="*", default=None, help="only these metrics")
+    p.add_argument("--markdown", type=Path, default=None, help="also write the table as Markdown")
+    p.set_defaults(run=_dispatch("spritegen.evaluate.gate:main"))
+
+    p = sub.add_parser("compare", help="table across experiments with confidence intervals")
+    p.add_argument("experiments", nargs="*", help="DVC experiment names or revs (default: all + workspace)")
+    p.add_argument("--format", choices=["table", "markdown", "csv", "html"], default="table")
+    p.add_argument("--out", type=Path, default=None)
+    p.set_defaults(run=_dispatch("spritegen.evaluate.compare:main"))
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from spritegen.config import ConfigError
+    from spritegen.errors import UserError
+
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.run(args)
+    except ConfigError as e:
+        print(f"spritegen: config error: {e}", file=sys.stderr)
+        return 2
+    except UserError as e:
+        print(f"spritegen: error: {e}", file=sys.stderr)
+        return 2
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
