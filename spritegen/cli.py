@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, default=None)
     p.add_argument("--data", type=Path, default=Path("data/prepared"))
     p.add_argument("--out", type=Path, default=None, help="default: samples/<family>")
-    p.set_defaults(run=_dispatch("spritegen.sampling:sample_set_main"))
+    p.set_defaults(run=_dispatch("spritegen.sample_set:sample_set_main"))
 
     # --- evaluation ---------------------------------------------------------------------------------
     p = sub.add_parser("evaluator", help="stage: train the dataset CLIP-style evaluator")

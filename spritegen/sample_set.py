@@ -1,0 +1,96 @@
+"""The ``sample`` stage: a fixed prompt set x fixed seeds -> PNGs, the thing that gets evaluated.
+
+    spritegen sample-set --family ldm --model models/ldm/finetune     # writes samples/ldm/
+
+The prompt set is drawn once, deterministically, from the prepared data: ``heldout_prompts`` sprites
+of the val+test splits (the model never saw them) and ``train_prompts`` sprites of the train split,
+one prompt each (cycling through the prompt styles), each sampled with seeds ``0 .. seeds_per_prompt-1``.
+Every generator family gets exactly the same prompts and seeds, so their metrics compare.
+
+Output::
+
+    samples/<family>/images/00000.png ...   one PNG per (prompt, seed)
+    samples/<family>/prompts.jsonl          {"file", "prompt", "seed", "split", "record_id", "types", "primary_colour"}
+    samples/<family>/grid.png               the first prompts' samples, for a quick look (DVC plot)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spritegen.data.dataset import SpriteRecord, load_split
+from spritegen.errors import UserError
+from spritegen.io import save_grid, save_pngs
+from spritegen.params import load_section
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    prompt: str
+    seed: int
+    split: str
+    record: SpriteRecord
+
+
+def choose_prompt_set(prepared: Path, heldout: int, train: int, seeds_per_prompt: int, seed: int) -> list[PromptItem]:
+    """The evaluation prompt set: deterministic given the prepared data and the numbers."""
+    rng = np.random.default_rng(seed)
+    held_records = [("val", r) for r in load_split(prepared, "val").records] + [
+        ("test", r) for r in load_split(prepared, "test").records
+    ]
+    train_records = [("train", r) for r in load_split(prepared, "train").records]
+    picked = []
+    for pool, n in ((held_records, heldout), (train_records, train)):
+        if n > len(pool):
+            raise UserError(f"sample: asked for {n} prompts but the pool has only {len(pool)} sprites")
+        picked += [pool[i] for i in sorted(rng.choice(len(pool), size=n, replace=False))]
+    items = []
+    for k, (split, record) in enumerate(picked):
+        prompt = record.prompts[k % len(record.prompts)]  # cycle the prompt styles (short, long, ...)
+        items += [PromptItem(prompt, s, split, record) for s in range(seeds_per_prompt)]
+    return items
+
+
+def sample_set_main(args) -> int:
+    from spritegen.generators import load_generator
+
+    cfg = load_section("sample", args.params, args.preset)
+    family = args.family
+    model_dir = args.model or Path("models") / family
+    out = args.out or Path("samples") / family
+    items = choose_prompt_set(args.data, cfg.heldout_prompts, cfg.train_prompts, cfg.seeds_per_prompt, cfg.prompt_seed)
+
+    generator = load_generator(family, model_dir)
+    images_dir = out / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    for old in images_dir.glob("*.png"):  # a re-run replaces the set; stale files would be scored
+        old.unlink()
+
+    start = time.perf_counter()
+    rows, first = [], []
+    for b in range(0, len(items), cfg.batch_size):
+        batch = items[b : b + cfg.batch_size]
+        images = generator.generate([it.prompt for it in batch], [it.seed for it in batch])  # (B, 3, R, R) uint8
+        names = [f"{b + i:05d}.png" for i in range(len(batch))]
+        save_pngs(images, images_dir, names)
+        if len(first) < 64:
+            first.append(images[: 64 - len(first)])
+        for name, it in zip(names, batch):
+            rows.append({"file": f"images/{name}", "prompt": it.prompt, "seed": it.seed, "split": it.split,
+                         "record_id": it.record.id, "types": list(it.record.types),
+                         "primary_colour": it.record.primary_colour})
+        print(f"sample-set {family}: {b + len(batch)}/{len(items)} images", flush=True)
+    with open(out / "prompts.jsonl", "w") as f:
+        for row in rows:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+    import torch
+
+    save_grid(torch.cat(first), out / "grid.png", ncol=cfg.seeds_per_prompt if cfg.seeds_per_prompt > 1 else None, scale=2)
+    elapsed = time.perf_counter() - start
+    print(f"sample-set {family}: {len(items)} images in {elapsed:.1f}s ({1000 * elapsed / len(items):.0f} ms/image) -> {out}")
+    return 0
