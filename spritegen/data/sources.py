@@ -640,7 +640,25 @@ def fetch_main(args) -> int:
     cfg = from_dict(DataConfig, data, "data")
     summary = fetch(cfg, args.out, force=getattr(args, "force", False), tarball=getattr(args, "tarball", None))
     _print_summary(summary, args.out)
+    _verify_against_pin(args.out, Path("data.dvc"), strict=source == "pokemon")
     return 0
+
+
+def _verify_against_pin(out: Path, dvc_file: Path, strict: bool) -> None:
+    """`dvc repro` would silently re-pin changed data, so the fetch checks the pin itself: on the
+    default source a mismatch is an error; another source is expected to differ until re-pinned."""
+    from spritegen.data.pin import pinned_md5, verify_pin
+    from spritegen.errors import UserError
+
+    if pinned_md5(dvc_file, out) is None:
+        return
+    try:
+        digest = verify_pin(out, dvc_file)
+        print(f"verified: {out} matches {dvc_file} ({digest})")
+    except UserError as e:
+        if strict:
+            raise
+        print(f"note: {e}\n  To make this data set the pinned one: `dvc commit -f {dvc_file}` and commit {dvc_file} to git.")
 
 
 def _print_summary(source: dict, out: Path) -> None:
