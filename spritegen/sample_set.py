@@ -2,9 +2,10 @@
 
     spritegen sample-set --family ldm --model models/ldm/finetune     # writes samples/ldm/
 
-The prompt set is drawn once, deterministically, from the prepared data: ``heldout_prompts`` sprites
-of the val+test splits (the model never saw them) and ``train_prompts`` sprites of the train split,
-one prompt each (cycling through the prompt styles), each sampled with seeds ``0 .. seeds_per_prompt-1``.
+The prompt set is drawn once, deterministically, from the prepared data: ``sample.n_heldout_prompts``
+sprites of the val+test splits (the model never saw them) and ``sample.n_train_prompts`` sprites of the
+train split, one prompt each (cycling through the prompt styles), each sampled with the seeds
+``sample.seed .. sample.seed + seeds_per_prompt - 1``.
 Every generator family gets exactly the same prompts and seeds, so their metrics compare.
 
 Output::
@@ -37,7 +38,7 @@ class PromptItem:
     record: SpriteRecord
 
 
-def choose_prompt_set(prepared: Path, heldout: int, train: int, seeds_per_prompt: int, seed: int) -> list[PromptItem]:
+def choose_prompt_set(prepared: Path, heldout: int, train: int, seeds_per_prompt: int, seed: int = 0) -> list[PromptItem]:
     """The evaluation prompt set: deterministic given the prepared data and the numbers."""
     rng = np.random.default_rng(seed)
     held_records = [("val", r) for r in load_split(prepared, "val").records] + [
@@ -52,7 +53,7 @@ def choose_prompt_set(prepared: Path, heldout: int, train: int, seeds_per_prompt
     items = []
     for k, (split, record) in enumerate(picked):
         prompt = record.prompts[k % len(record.prompts)]  # cycle the prompt styles (short, long, ...)
-        items += [PromptItem(prompt, s, split, record) for s in range(seeds_per_prompt)]
+        items += [PromptItem(prompt, seed + s, split, record) for s in range(seeds_per_prompt)]
     return items
 
 
@@ -63,9 +64,10 @@ def sample_set_main(args) -> int:
     family = args.family
     model_dir = args.model or Path("models") / family
     out = args.out or Path("samples") / family
-    items = choose_prompt_set(args.data, cfg.heldout_prompts, cfg.train_prompts, cfg.seeds_per_prompt, cfg.prompt_seed)
+    items = choose_prompt_set(args.data, cfg.n_heldout_prompts, cfg.n_train_prompts, cfg.seeds_per_prompt, cfg.seed)
 
-    generator = load_generator(family, model_dir)
+    generator = load_generator(family, model_dir, device=cfg.device, sampler=cfg.sampler, steps=cfg.steps,
+                               guidance=cfg.guidance, batch_size=cfg.batch_size)
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     for old in images_dir.glob("*.png"):  # a re-run replaces the set; stale files would be scored
