@@ -14,7 +14,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from spritegen import params, presets
+from spritegen import presets
+
+
 from spritegen.cli import main as cli_main
 from spritegen.data import sources
 from spritegen.data.dataset import SPLITS, load_split
@@ -22,19 +24,11 @@ from spritegen.data.sources import DataConfig, fetch, read_descriptions
 from spritegen.data.vocab import COLOURS
 from spritegen.errors import UserError
 
-DATA_SECTIONS = {k: params.SECTIONS[k] for k in ("data", "metadata", "prepare")}
-
-
 @pytest.fixture(autouse=True)
-def only_data_sections(monkeypatch):
-    # The other sections' modules are other engineers' and tested there; the data stages must not
-    # depend on their state to be tested.
-    monkeypatch.setattr(params, "SECTIONS", dict(DATA_SECTIONS))
-    monkeypatch.setattr(
-        presets,
-        "PRESETS",
-        {name: {k: v for k, v in p.items() if k in DATA_SECTIONS} for name, p in presets.PRESETS.items()},
-    )
+def outside_the_repo(tmp_path, monkeypatch):
+    # Stages read ./params.yaml when no --params is given: run in an empty folder so the tests see the
+    # code's defaults (plus the preset they name), never the repository's own params.yaml.
+    monkeypatch.chdir(tmp_path)
 
 
 def tree_hash(folder: Path) -> dict[str, str]:
