@@ -9,7 +9,9 @@ so ``spritegen --help`` stays fast and each procedure keeps a single entry point
     spritegen train ldm --stage text|vae|unet|finetune # DVC stages of the latent diffusion family
     spritegen sample "PROMPT" --n 8 --seed 0 --out grid.png
     spritegen evaluate --generated DIR --reference DIR [--prompts FILE]
-    spritegen gate --baseline REV|FILE
+    spritegen gate --baseline REV|FILE [--current metrics]   # exit 1: regressed, 2: cannot compare
+    spritegen baseline update --reason "why"           # new ci baseline (then commit it)
+    spritegen compare [EXP ...] [--format markdown]    # experiments side by side with CIs
     spritegen params [--preset tiny]                   # the resolved params, validated
 """
 
@@ -53,10 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--descriptions", type=Path, default=None,
                    help="folder source: CSV or JSON of descriptions keyed by file name or national number")
     p.add_argument("--out", type=Path, default=Path("data/raw"))
+    p.add_argument("--tarball", type=Path, default=None,
+                   help="pokesprite source: a pokesprite-images-2.7.0.tgz downloaded elsewhere (checked against the pinned hash)")
+    p.add_argument("--force", action="store_true", help="replace --out even if it was not written by data fetch")
     p.set_defaults(run=_dispatch("spritegen.data.sources:fetch_main"))
     p = data.add_parser("stats", help="counts per split, type and colour, sizes, skipped files")
     p.add_argument("--metadata", type=Path, default=Path("data/metadata.jsonl"))
     p.add_argument("--prepared", type=Path, default=Path("data/prepared"))
+    p.add_argument("--report", type=Path, default=None, help="ingest report (default: beside --metadata)")
     p.set_defaults(run=_dispatch("spritegen.data.stats:main"))
 
     # --- pipeline stages ----------------------------------------------------------------------------
@@ -81,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("models/ldm"))
     p.add_argument("--resume", action="store_true", help="resume from the stage's last checkpoint")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
+    p.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
+                   help="stop after this many epochs of this run (time-limited jobs); continue with --resume")
     p.set_defaults(run=_dispatch("spritegen.ldm.train:main"))
 
     # --- sampling -----------------------------------------------------------------------------------
@@ -95,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++"], default=None)
     p.add_argument("--out", type=Path, default=Path("grid.png"))
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | mps (default: sample.device)")
     p.set_defaults(run=_dispatch("spritegen.sampling:sample_main"))
 
     p = sub.add_parser("sample-set", help="stage: fixed prompt set x fixed seeds -> PNGs for evaluation")
@@ -110,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     _params_args(p)
     p.add_argument("--data", type=Path, default=Path("data/prepared"))
     p.add_argument("--out", type=Path, default=Path("models/evaluator"))
+    p.add_argument("--metrics-file", type=Path, default=Path("metrics/evaluator.json"),
+                   help="git-tracked copy of the evaluator's own retrieval/zero-shot scores")
     p.set_defaults(run=_dispatch("spritegen.evaluate.evaluator:main"))
 
     p = sub.add_parser("reference", help="stage: features and statistics of the real images")
@@ -126,26 +137,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", type=Path, default=None, help="standalone: a folder of real images")
     p.add_argument("--prompts", type=Path, default=None, help="one prompt per generated image (sorted by name)")
     p.add_argument("--backend", default=None, help="feature backend: evaluator, inception, clip")
-    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None, help="metrics JSON (default: metrics/<family>.json; standalone metrics.json)")
+    p.add_argument("--name", default=None, help="standalone: the name written as 'family' (default: the folder name)")
+    p.add_argument("--data", type=Path, default=Path("data/prepared"), help="stage mode: the prepared real sprites")
+    p.add_argument("--samples", type=Path, default=Path("samples"), help="stage mode: folder of samples/<family>")
+    p.add_argument("--evaluator", type=Path, default=Path("models/evaluator"))
+    p.add_argument("--ref-cache", type=Path, default=Path("reference"), help="cached real features (spritegen reference)")
+    p.add_argument("--plots", type=Path, default=None, help="plot folder (stage default: plots/evaluate/<family>)")
     p.set_defaults(run=_dispatch("spritegen.evaluate.suite:main"))
 
     p = sub.add_parser("report", help="stage: summary table and figure across families")
     _params_args(p)
     p.add_argument("--metrics", type=Path, default=Path("metrics"))
+    p.add_argument("--plots", type=Path, default=Path("plots/report"), help="where the comparison figure goes")
     p.set_defaults(run=_dispatch("spritegen.evaluate.report:main"))
 
-    p = sub.add_parser("gate", help="exit 1 with a table when a quality metric regressed")
+    p = sub.add_parser("gate", help="exit 1 with a table when a quality metric regressed (2: cannot compare)",
+                       description="Compare metrics/<family>.json with a baseline; see docs/gate.md.")
     _params_args(p)
-    p.add_argument("--baseline", required=True, help="a git revision, or a metrics folder/JSON file")
-    p.add_argument("--current", type=Path, default=Path("metrics"))
-    p.add_argument("--metrics", nargs="*", default=None, help="only these metrics")
+    p.add_argument("--baseline", required=True,
+                   help="a metrics folder or JSON file, a git revision (its metrics/*.json) or REV:FOLDER")
+    p.add_argument("--current", type=Path, default=Path("metrics"), help="current metrics folder or file")
+    p.add_argument("--metrics", nargs="*", default=None, help="only these metrics (default: gate.metrics)")
     p.add_argument("--markdown", type=Path, default=None, help="also write the table as Markdown")
     p.set_defaults(run=_dispatch("spritegen.evaluate.gate:main"))
 
+    baseline = sub.add_parser("baseline", help="the ci quality baseline").add_subparsers(dest="baseline_cmd",
+                                                                                         required=True)
+    p = baseline.add_parser("update", help="make the current metrics the ci baseline (then commit it)")
+    _params_args(p)
+    p.add_argument("--reason", required=True, help="why the baseline changes (recorded in BASELINE.md/json)")
+    p.add_argument("--current", type=Path, default=Path("metrics"), help="metrics folder of a ci-profile run")
+    p.add_argument("--out", type=Path, default=Path("ci/baseline"))
+    p.set_defaults(run=_dispatch("spritegen.evaluate.gate:baseline_update_main"))
+
     p = sub.add_parser("compare", help="table across experiments with confidence intervals")
+    _params_args(p)
     p.add_argument("experiments", nargs="*", help="DVC experiment names or revs (default: all + workspace)")
     p.add_argument("--format", choices=["table", "markdown", "csv", "html"], default="table")
-    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None, help="write there instead of printing")
+    p.add_argument("--metrics", nargs="*", default=None, help="only these metrics (default: gate.metrics)")
+    p.add_argument("--reference", default=None,
+                   help="the run others are compared with (default: the experiments' baseline commit)")
     p.set_defaults(run=_dispatch("spritegen.evaluate.compare:main"))
 
     return parser

@@ -16,10 +16,30 @@ PRESETS: dict[str, dict] = {
     "ci": {
         "metadata": {"limit": 320},
         "prepare": {"resolution": 32},
+        # latent diffusion: 32x32 -> 4x4x4 latents; the whole LDM in about 3 minutes on 2 cores
+        "text": {"mlm_epochs": 3, "hidden_size": 128, "num_layers": 2, "num_heads": 4},
+        "vae": {"block_out_channels": [16, 32, 32, 32], "kl_anneal_epochs": 1.0},
+        "unet": {"block_out_channels": [64, 128], "cross_attention_levels": 2},
+        "ldm": {"stage_epochs": {"vae": 10, "unet": 30, "finetune": 1}},
+        "sample": {"steps": 20, "n_heldout_prompts": 32, "n_train_prompts": 16, "seeds_per_prompt": 2},
+        # evaluation: a 32x32 evaluator; one fixed thread so CPU numbers are identical per commit (and a
+        # shared 2-core runner is not slowed by thread contention)
+        "evaluator": {"image_size": 32, "patch_size": 4, "epochs": 15, "threads": 1},
+        "evaluate": {"bootstrap": 50, "threads": 1},
     },
     "tiny": {
         "metadata": {"limit": 48, "prompts_per_sprite": 5},
         "prepare": {"resolution": 16},
+        # latent diffusion: 16x16 -> 4x4x4 latents (4x VAE), widths of a few channels: seconds
+        "text": {"vocab_size": 200, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "max_length": 16, "mlm_epochs": 1},
+        "vae": {"block_out_channels": [8, 8, 8], "norm_num_groups": 4, "batch_size": 8},
+        "unet": {"block_out_channels": [16, 32], "norm_num_groups": 8, "attention_head_dim": 8, "batch_size": 8},
+        "ldm": {"stage_epochs": {"vae": 1, "unet": 2, "finetune": 1}},
+        "sample": {"steps": 4, "n_heldout_prompts": 4, "n_train_prompts": 4, "seeds_per_prompt": 1},
+        "evaluator": {"image_size": 16, "patch_size": 4, "vision_layers": 1, "vision_width": 32,
+                      "vision_head_width": 16, "text_layers": 1, "text_width": 32, "text_heads": 2,
+                      "context_length": 16, "embed_dim": 16, "epochs": 1, "batch_size": 16},
+        "evaluate": {"bootstrap": 5, "kid_subsets": 5, "max_pairs": 500},
     },
 }
 

@@ -1,0 +1,44 @@
+"""Every generator family behind one small interface (see docs/architecture.md, "Generators").
+
+    gen = load_generator("ldm", Path("models/ldm"), sampler="dpm++", steps=20, guidance=3.0)
+    images = gen.generate(["a red fire type pokemon"], seeds=[0])   # (1, 3, R, R) uint8
+
+Image i depends only on (weights, prompts[i], seeds[i], sampling settings), whatever the batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+
+from spritegen.errors import UserError
+
+
+class Generator(Protocol):
+    family: str
+    resolution: int
+
+    def generate(self, prompts: list[str], seeds: list[int]) -> torch.Tensor: ...  # (N, 3, R, R) uint8
+
+
+def _load_ldm(model_dir: Path, device: str = "auto", **sampling) -> Generator:
+    from spritegen.ldm.pipeline import LDMGenerator
+
+    return LDMGenerator.load(model_dir, device=device, **sampling)
+
+
+# family -> loader(model_dir, device, **sampling). Other families (cvae, gan) register here.
+REGISTRY: dict[str, Callable[..., Generator]] = {
+    "ldm": _load_ldm,
+}
+
+
+def load_generator(family: str, model_dir: Path, device: str = "auto", **sampling) -> Generator:
+    if family not in REGISTRY:
+        raise UserError(f"unknown generator family {family!r}; known: {sorted(REGISTRY)}")
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        raise UserError(f"{model_dir} does not exist: train the {family} family first (dvc repro)")
+    return REGISTRY[family](model_dir, device=device, **sampling)

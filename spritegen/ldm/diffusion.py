@@ -1,0 +1,164 @@
+"""The diffusion process (forward noising, training targets, loss weighting) and the samplers.
+
+The maths lives in diffusers' schedulers (DDPM, DDIM, DPM-Solver++); this module wires them to one
+config and adds what the training loop needs: the target for each prediction type, min-SNR weights and
+the guided sampling loop with per-image random generators (image i depends only on its own seed).
+
+    x_t = sqrt(alphas_cumprod[t]) * x_0 + sqrt(1 - alphas_cumprod[t]) * noise
+    v   = sqrt(alphas_cumprod[t]) * noise - sqrt(1 - alphas_cumprod[t]) * x_0
+    snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+
+from spritegen.ldm.unet import UNetConfig
+
+Sampler = Literal["ddpm", "ddim", "dpm++"]
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++")
+_BETA = {"cosine": "squaredcos_cap_v2", "linear": "linear", "scaled_linear": "scaled_linear"}
+
+
+class NoiseSchedule:
+    """The forward process q(x_t | x_0) for ``num_train_timesteps`` steps (diffusers' betas)."""
+
+    def __init__(self, cfg: UNetConfig):
+        from diffusers import DDPMScheduler
+
+        self.cfg = cfg
+        self.T = cfg.num_train_timesteps
+        self.prediction_type = cfg.prediction_type
+        ref = DDPMScheduler(num_train_timesteps=self.T, beta_schedule=_BETA[cfg.beta_schedule])
+        self.betas = ref.betas.double()  # (T,)
+        self.alphas_cumprod = ref.alphas_cumprod.double()  # (T,)
+
+    def _coef(self, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.alphas_cumprod.to(x.device)[t].to(x.dtype)  # (B,)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        return a.sqrt().view(shape), (1 - a).sqrt().view(shape)
+
+    def add_noise(self, x_0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        sqrt_a, sqrt_1ma = self._coef(t, x_0)
+        return sqrt_a * x_0 + sqrt_1ma * noise
+
+    def target(self, x_0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.prediction_type == "epsilon":
+            return noise
+        sqrt_a, sqrt_1ma = self._coef(t, x_0)
+        return sqrt_a * noise - sqrt_1ma * x_0  # v
+
+    def predict_x0(self, x_t: torch.Tensor, pred: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        sqrt_a, sqrt_1ma = self._coef(t, x_t)
+        if self.prediction_type == "epsilon":
+            return (x_t - sqrt_1ma * pred) / sqrt_a.clamp(min=1e-4)
+        return sqrt_a * x_t - sqrt_1ma * pred
+
+    def clip_prediction(self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, clip: float) -> torch.Tensor:
+        """The prediction whose implied x_0 is clipped to +-clip, in the same parameterisation.
+
+        The cosine schedule ends at alphas_cumprod ~ 0, where x_0 = (x_t - sigma * eps) / alpha
+        amplifies the U-Net's error by 1/alpha ~ 1e4. DDPM/DDIM clip x_0 inside diffusers; DPM-Solver++
+        does not (its thresholding rescales to [-1, 1], meant for pixels), which is why it gave pure
+        noise. Clipping here makes every sampler see the same, bounded x_0."""
+        a = self.alphas_cumprod.to(x_t.device)[t].view(-1, *([1] * (x_t.ndim - 1)))
+        alpha, sigma = a.sqrt(), (1 - a).sqrt()
+        p, x = pred.double(), x_t.double()
+        if self.prediction_type == "epsilon":
+            x0 = ((x - sigma * p) / alpha.clamp(min=1e-8)).clamp(-clip, clip)
+            return ((x - alpha * x0) / sigma.clamp(min=1e-8)).to(pred.dtype)
+        x0 = (alpha * x - sigma * p).clamp(-clip, clip)
+        eps = sigma * x + alpha * p
+        return (alpha * eps - sigma * x0).to(pred.dtype)
+
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        a = self.alphas_cumprod.to(t.device)[t]
+        return (a / (1 - a)).float()
+
+
+def min_snr_weights(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma (Hang et al. 2023) per-sample weights; 1 when gamma = 0.
+
+    For epsilon-prediction w = min(snr, gamma) / snr; for v-prediction w = min(snr, gamma) / (snr + 1)."""
+    if gamma <= 0:
+        return torch.ones_like(snr)
+    clipped = snr.clamp(max=gamma)
+    return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr.clamp(min=1e-8)
+
+
+def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, snr: torch.Tensor, cfg: UNetConfig) -> torch.Tensor:
+    """Huber (seed 001) or MSE between prediction and target, min-SNR weighted, mean over the batch."""
+    if cfg.loss == "huber":
+        per = F.smooth_l1_loss(pred.float(), target.float(), beta=cfg.huber_delta, reduction="none")
+    else:
+        per = F.mse_loss(pred.float(), target.float(), reduction="none")
+    per_sample = per.flatten(1).mean(1)  # (B,)
+    return (min_snr_weights(snr, cfg.min_snr_gamma, cfg.prediction_type) * per_sample).mean()
+
+
+def drop_prompts(prompts: list[str], p: float, generator: torch.Generator) -> tuple[list[str], torch.Tensor]:
+    """Conditioning dropout for classifier-free guidance: each prompt becomes "" with probability p."""
+    dropped = torch.rand(len(prompts), generator=generator) < p  # (B,)
+    return ["" if d else s for s, d in zip(prompts, dropped.tolist())], dropped
+
+
+# --- samplers ---------------------------------------------------------------------------------------
+
+
+def make_sampler(name: str, cfg: UNetConfig, clip: float):
+    """A fresh diffusers scheduler for ``name`` (they keep per-run state, so one per sampling call).
+
+    ``clip``: x_0 predictions are clipped to +-clip (the latent clamp), not diffusers' default +-1 which
+    is meant for pixels and would flatten unit-variance latents. DPM-Solver++ uses the trailing timestep
+    spacing and ``final_sigmas_type="zero"`` with ``lower_order_final``; it is checked against DDPM in
+    tests/test_ldm_diffusion.py."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    common = dict(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=_BETA[cfg.beta_schedule], prediction_type=cfg.prediction_type)
+    if name == "ddpm":
+        return DDPMScheduler(**common, clip_sample=True, clip_sample_range=clip, timestep_spacing="trailing")
+    if name == "ddim":
+        return DDIMScheduler(**common, clip_sample=True, clip_sample_range=clip, set_alpha_to_one=True, timestep_spacing="trailing")
+    if name == "dpm++":
+        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True,
+                                           final_sigmas_type="zero", timestep_spacing="trailing")
+    raise ValueError(f"unknown sampler {name!r}; samplers: {SAMPLERS}")
+
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B, C, h, w), t (B,)) -> prediction
+
+
+@torch.no_grad()
+def sample(denoise: Denoiser, shape: tuple[int, ...], generators: list[torch.Generator], sampler: str, steps: int,
+           cfg: UNetConfig, clip: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Run ``sampler`` for ``steps`` steps from pure noise. ``shape`` is one latent's (C, h, w);
+    ``generators[i]`` draws all of image i's randomness (initial noise and DDPM's per-step noise)."""
+    scheduler = make_sampler(sampler, cfg, clip)
+    scheduler.set_timesteps(steps, device=device)
+    x = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)  # (B, C, h, w)
+    x = x * scheduler.init_noise_sigma
+    process = NoiseSchedule(cfg)
+    for t in scheduler.timesteps:
+        t_batch = torch.full((len(x),), int(t), device=device, dtype=torch.long)
+        pred = process.clip_prediction(denoise(scheduler.scale_model_input(x, t), t_batch), x, t_batch, clip)
+        # a list of generators: diffusers draws DDPM's per-step noise of image i from generators[i]
+        x = scheduler.step(pred, t, x, generator=generators).prev_sample
+    return x
+
+
+def guided(unet, cond: torch.Tensor, cond_mask: torch.Tensor, uncond: torch.Tensor, uncond_mask: torch.Tensor,
+           guidance: float) -> Denoiser:
+    """Classifier-free guidance: pred = uncond + w * (cond - uncond), one U-Net call on the doubled batch."""
+
+    def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if guidance == 1.0:
+            return unet(x_t, t, encoder_hidden_states=cond, encoder_attention_mask=cond_mask).sample
+        out = unet(torch.cat([x_t, x_t]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond]),
+                   encoder_attention_mask=torch.cat([uncond_mask, cond_mask])).sample
+        out_uncond, out_cond = out.chunk(2)
+        return out_uncond + guidance * (out_cond - out_uncond)
+
+    return denoise

@@ -1,0 +1,147 @@
+"""The VAE of the latent diffusion family: diffusers' ``AutoencoderKL`` (group norm, residual blocks)
+and its loss (L1 reconstruction + perceptual term + annealed KL with free bits).
+
+Compression is ``2 ** (len(block_out_channels) - 1)`` per side: four blocks give the seeds' 8x
+(64x64x3 -> 8x8x4). The latent scale factor is measured from the training data after the VAE stage
+(1 / std of the latents), never Stable Diffusion's 0.18215.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from spritegen.config import ConfigError
+
+
+@dataclass
+class VAEConfig:
+    """params.yaml ``vae``: the autoencoder and its loss."""
+
+    block_out_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 64], metadata={"ge": 1, "doc": "channels per level; len-1 = number of 2x downsamplings (4 levels = 8x)"})
+    layers_per_block: int = field(default=1, metadata={"ge": 1, "doc": "residual blocks per level"})
+    latent_channels: int = field(default=4, metadata={"ge": 1, "doc": "latent channels (seed: 8 at 215px; 4 here)"})
+    norm_num_groups: int = field(default=8, metadata={"ge": 1, "doc": "group-norm groups (must divide every channel count)"})
+    batch_size: int = field(default=8, metadata={"ge": 1, "doc": "small batches: more updates per image seen (the VAE dominates CPU time)"})
+    lr: float = field(default=3e-3, metadata={"gt": 0, "doc": "AdamW peak learning rate (high: a few hundred steps must escape the blank-image plateau)"})
+    weight_decay: float = field(default=1e-4, metadata={"ge": 0})
+    grad_clip: float = field(default=1.0, metadata={"gt": 0, "doc": "max gradient norm of the VAE (seed: 1.0)"})
+    kl_max_weight: float = field(default=0.01, metadata={"ge": 0, "doc": "final KL weight after annealing (seed: 0.1 at 215px)"})
+    kl_anneal_epochs: float = field(default=2.0, metadata={"ge": 0, "doc": "epochs of linear KL annealing from 0 (seed: 20 of 80)"})
+    free_bits: float = field(default=0.5, metadata={"ge": 0, "doc": "free bits: nats per latent channel (per position) not penalised (seed: 0.5)"})
+    perceptual: Literal["auto", "lpips", "gradient", "none"] = field(default="auto", metadata={"doc": "perceptual term: lpips (needs local AlexNet weights), gradient (offline fallback: L1 on image gradients at 2 scales), auto = lpips when present"})
+    perceptual_weight: float = field(default=0.5, metadata={"ge": 0})
+    hflip: float = field(default=0.5, metadata={"ge": 0, "le": 1, "doc": "horizontal flip probability (all stages)"})
+    latent_clamp: float = field(default=4.0, metadata={"gt": 0, "doc": "scaled latents are clamped to +-this (seed: 3.0); clamped values are counted"})
+    text_conditioned_decoder: bool = field(default=False, metadata={"doc": "seed option: cross-attention to the text in the decoder (not implemented yet)"})
+
+    def validate(self) -> None:
+        for c in self.block_out_channels:
+            if c % self.norm_num_groups:
+                raise ConfigError(f"block_out_channels: {c} is not divisible by norm_num_groups {self.norm_num_groups}")
+        if self.text_conditioned_decoder:
+            raise ConfigError("text_conditioned_decoder: not implemented yet; set it to false")
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+
+def build_vae(cfg: VAEConfig, resolution: int):
+    from diffusers import AutoencoderKL
+
+    if resolution % cfg.downsample:
+        raise ConfigError(f"vae.block_out_channels: resolution {resolution} is not divisible by the VAE's {cfg.downsample}x compression")
+    n = len(cfg.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
+        latent_channels=cfg.latent_channels, norm_num_groups=cfg.norm_num_groups, sample_size=resolution,
+        scaling_factor=1.0,  # ours is measured (see measure_scale) and stored beside the weights
+    )
+
+
+# --- loss -------------------------------------------------------------------------------------------
+
+
+def kl_weight(cfg: VAEConfig, epoch_progress: float) -> float:
+    """Linear annealing 0 -> kl_max_weight over the first ``kl_anneal_epochs`` (fractional epochs)."""
+    if cfg.kl_anneal_epochs <= 0:
+        return cfg.kl_max_weight
+    return cfg.kl_max_weight * min(1.0, epoch_progress / cfg.kl_anneal_epochs)
+
+
+def kl_free_bits(mean: torch.Tensor, logvar: torch.Tensor, free_bits: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL(q(z|x) || N(0, I)) with free bits. mean/logvar: (B, C, h, w).
+
+    Per latent channel, the KL averaged over batch and positions is floored at ``free_bits`` nats so the
+    encoder is not pushed below that information budget (no posterior collapse). Returns (penalised
+    KL summed over channels, raw KL per position summed over channels) - both scalars."""
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)  # (B, C, h, w)
+    kl_per_channel = kl.mean(dim=(0, 2, 3))  # (C,)
+    return kl_per_channel.clamp(min=free_bits).sum(), kl_per_channel.sum()
+
+
+def _image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
+
+
+class Perceptual(nn.Module):
+    """The perceptual term. LPIPS(AlexNet) when its backbone weights are on disk; otherwise an offline
+    fallback - L1 on image gradients at full and half resolution (edges and flat regions of pixel art)
+    - whose name is logged (``perceptual_backend``) so results from the two are never mixed up."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.backend = kind
+        self.lpips = None
+        if kind in ("auto", "lpips"):
+            if _lpips_weights_present():
+                import lpips
+
+                self.lpips = lpips.LPIPS(net="alex", verbose=False).eval().requires_grad_(False)
+                self.backend = "lpips"
+            elif kind == "lpips":
+                raise ConfigError("vae.perceptual: lpips needs AlexNet weights in $TORCH_HOME/hub/checkpoints; use auto or gradient")
+            else:
+                self.backend = "gradient"
+
+    def forward(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.backend == "none":
+            return x.new_zeros(())
+        if self.lpips is not None:
+            size = max(32, x.shape[-1])
+            xa = F.interpolate(x_hat, size=size, mode="bilinear", align_corners=False) if x.shape[-1] < 32 else x_hat
+            xb = F.interpolate(x, size=size, mode="bilinear", align_corners=False) if x.shape[-1] < 32 else x
+            return self.lpips(xa, xb).mean()
+        loss = x.new_zeros(())
+        for a, b in ((x_hat, x), (F.avg_pool2d(x_hat, 2), F.avg_pool2d(x, 2))):
+            (ay, ax), (by, bx) = _image_gradients(a), _image_gradients(b)
+            loss = loss + (ay - by).abs().mean() + (ax - bx).abs().mean()
+        return loss
+
+
+def _lpips_weights_present() -> bool:
+    hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
+    return any(hub.glob("alexnet-*.pth"))
+
+
+@torch.no_grad()
+def measure_scale(vae, images: torch.Tensor, batch_size: int = 64) -> float:
+    """1 / std of posterior samples over ``images`` (uint8 (N, 3, R, R)), computed exactly as
+    Var[z] = Var[mean] + E[exp(logvar)]: latents * scale have unit std."""
+    means, variances = [], []
+    for i in range(0, len(images), batch_size):
+        x = images[i : i + batch_size].float() / 127.5 - 1
+        post = vae.encode(x.to(next(vae.parameters()).device)).latent_dist
+        means.append(post.mean.float().cpu())
+        variances.append(post.var.float().cpu())
+    mean, var = torch.cat(means), torch.cat(variances)
+    return float(1.0 / (mean.var() + var.mean()).sqrt().clamp(min=1e-6))

@@ -1,0 +1,188 @@
+"""Tiny end-to-end runs of every LDM stage, the sample CLI, the generator interface, kill-and-resume
+equality, the NaN guard inside the loop and the pretrained text-encoder path."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from spritegen.checkpoint import load_tensors
+from spritegen.cli import main as cli
+from spritegen.data.synthetic import write_prepared
+from spritegen.errors import UserError
+from spritegen.generators import load_generator
+from spritegen.params import load_all
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A tiny prepared set and all four stages trained once (text, vae, unet, finetune)."""
+    root = tmp_path_factory.mktemp("ldm")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    write_prepared(root / "data/prepared", n_per_split=(24, 8, 8), resolution=16, seed=0)
+    for stage in ("text", "vae", "unet", "finetune"):
+        assert cli(["train", "ldm", "--stage", stage, "--preset", "tiny"]) == 0
+    yield root
+    mp.undo()
+
+
+def test_every_stage_writes_its_bundle(workdir):
+    for stage in ("text", "vae", "unet", "finetune"):
+        d = workdir / "models/ldm" / stage
+        assert (d / "model.safetensors").exists() and (d / "config.yaml").exists() and (d / "tokenizer").is_dir()
+    ft = load_tensors(workdir / "models/ldm/finetune/model.safetensors")
+    assert {k.split(".")[0] for k in ft} >= {"text", "vae", "unet", "unet_ema", "align"}
+    for stage in ("vae", "unet", "finetune"):
+        assert (workdir / "models/ldm" / stage / "samples.png").exists()
+        assert (workdir / "models/ldm" / stage / "last" / "state.safetensors").exists()
+        assert (workdir / "models/ldm" / stage / "best" / "model.safetensors").exists()
+        assert (workdir / "models/ldm" / stage / "metrics.json").exists()
+    assert not any(workdir.glob("**/*.pt")) and not any(workdir.glob("**/*.pkl"))
+
+
+def test_dry_run_prints_and_trains_nothing(workdir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli(["train", "ldm", "--stage", "unet", "--preset", "tiny", "--dry-run"]) == 0
+    assert "phases:" in capsys.readouterr().err
+    assert not (tmp_path / "models").exists()
+
+
+def test_missing_previous_stage_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_prepared(tmp_path / "data/prepared", n_per_split=(8, 4, 4), resolution=16)
+    assert cli(["train", "ldm", "--stage", "unet", "--preset", "tiny"]) == 2
+
+
+def test_sample_cli_same_arguments_same_pixels(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    args = ["sample", "a red fire type pokemon", "--preset", "tiny", "--n", "3", "--seed", "5", "--steps", "4"]
+    for sampler in ("ddpm", "ddim", "dpm++"):
+        assert cli(args + ["--sampler", sampler, "--out", f"a_{sampler}.png"]) == 0
+        assert cli(args + ["--sampler", sampler, "--out", f"b_{sampler}.png"]) == 0
+        a, b = np.asarray(Image.open(f"a_{sampler}.png")), np.asarray(Image.open(f"b_{sampler}.png"))
+        assert a.shape[0] > 16 and np.array_equal(a, b)
+
+
+def test_generator_is_batch_independent(workdir):
+    gen = load_generator("ldm", workdir / "models/ldm", device="cpu", sampler="ddpm", steps=4, guidance=3.0)
+    assert gen.family == "ldm" and gen.resolution == 16
+    prompts = ["a red fire type pokemon", "a blue water type pokemon", "a green grass type pokemon"]
+    batch = gen.generate(prompts, [0, 1, 2])
+    assert batch.dtype == torch.uint8 and batch.shape == (3, 3, 16, 16)
+    alone = gen.generate([prompts[1]], [1])
+    assert (alone[0].int() - batch[1].int()).abs().max() <= 1
+    assert not torch.equal(batch[0], batch[2])
+    with pytest.raises(UserError):
+        load_generator("nope", workdir / "models/ldm")
+
+
+def _tensors(path):
+    return load_tensors(path)
+
+
+def test_kill_and_resume_gives_the_same_weights(workdir, tmp_path, monkeypatch):
+    """unet stage (2 epochs): uninterrupted vs stopped after 1 epoch and resumed."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("a", "b"):
+        (tmp_path / name / "models/ldm").mkdir(parents=True)
+        for stage in ("text", "vae"):
+            shutil.copytree(workdir / "models/ldm" / stage, tmp_path / name / "models/ldm" / stage)
+    data = str(workdir / "data/prepared")
+    base = ["train", "ldm", "--stage", "unet", "--preset", "tiny", "--data", data]
+    assert cli(base + ["--out", "a/models/ldm"]) == 0
+    assert cli(base + ["--out", "b/models/ldm", "--stop-after", "1"]) == 0
+    assert not (tmp_path / "b/models/ldm/unet/model.safetensors").exists()  # stopped: no final bundle yet
+    assert '"epoch": 2' in (tmp_path / "b/models/ldm/unet/last/state.json").read_text()  # unet phase is [1, 3)
+    assert cli(base + ["--out", "b/models/ldm", "--resume"]) == 0
+    a = _tensors(tmp_path / "a/models/ldm/unet/model.safetensors")
+    b = _tensors(tmp_path / "b/models/ldm/unet/model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_nan_batches_are_skipped_and_counted(workdir, tmp_path, monkeypatch):
+    import spritegen.ldm.train as train_mod
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(workdir / "models/ldm/text", tmp_path / "m/text")
+    shutil.copytree(workdir / "models/ldm/vae", tmp_path / "m/vae")
+    real = train_mod.diffusion_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] % 2 == 0 else loss
+
+    monkeypatch.setattr(train_mod, "diffusion_loss", sometimes_nan)
+    cfgs = load_all(None, "tiny")
+    metrics = train_mod.train_stage("unet", cfgs["vae"], cfgs["unet"], cfgs["ldm"], workdir / "data/prepared",
+                                    tmp_path / "m", progress=False)
+    assert metrics["guard/nan_loss"] >= 1 and metrics["guard/skipped"] == metrics["guard/nan_loss"]
+    assert (tmp_path / "m/unet/model.safetensors").exists()
+
+
+def test_a_run_of_nan_stops_training_and_keeps_the_last_good_checkpoint(workdir, tmp_path, monkeypatch):
+    import spritegen.ldm.train as train_mod
+    from spritegen.ldm.guards import TrainingDiverged
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(workdir / "models/ldm/text", tmp_path / "m/text")
+    shutil.copytree(workdir / "models/ldm/vae", tmp_path / "m/vae")
+    cfgs = load_all(None, "tiny")
+    # one good epoch first: last/ holds a good checkpoint
+    train_mod.train_stage("unet", cfgs["vae"], cfgs["unet"], cfgs["ldm"], workdir / "data/prepared", tmp_path / "m",
+                          stop_after=1, progress=False)
+    good = _tensors(tmp_path / "m/unet/last/model.safetensors")
+    real = train_mod.diffusion_loss
+    monkeypatch.setattr(train_mod, "diffusion_loss", lambda *a, **k: real(*a, **k) * float("inf"))
+    cfgs["ldm"].max_bad_steps = 2
+    with pytest.raises(TrainingDiverged, match="consecutive bad steps"):
+        train_mod.train_stage("unet", cfgs["vae"], cfgs["unet"], cfgs["ldm"], workdir / "data/prepared", tmp_path / "m",
+                              resume=True, progress=False)
+    after = _tensors(tmp_path / "m/unet/last/model.safetensors")
+    assert all(torch.equal(good[k], after[k]) for k in good)
+
+
+def test_pretrained_text_encoder_from_a_local_folder(tmp_path, monkeypatch):
+    """text.pretrained: a save_pretrained folder (BertModel + tokenizer) is loaded with local_files_only."""
+    from transformers import BertConfig, BertModel
+
+    from spritegen.text.encoder import TextConfig, load_text_encoder, train_text_stage, train_tokenizer
+
+    monkeypatch.chdir(tmp_path)
+    prompts = ["a red fire type pokemon", "a blue water type pokemon", "green grass"]
+    tok = train_tokenizer(prompts, 100, 16)
+    model = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
+    model.save_pretrained(tmp_path / "bert-tiny")
+    tok.save_pretrained(tmp_path / "bert-tiny")
+    cfg = TextConfig(pretrained=str(tmp_path / "bert-tiny"), max_length=16)
+    train_text_stage(cfg, prompts, [], tmp_path / "out")
+    enc = load_text_encoder(tmp_path / "out")
+    hidden, mask = enc(["a red fire type pokemon"])
+    assert hidden.shape == (1, 16, 32) and int(mask.sum()) > 2
+    ref = model.eval()(**enc.tokenize(["a red fire type pokemon"])).last_hidden_state
+    assert torch.allclose(hidden, ref, atol=1e-5)
+    with pytest.raises(UserError, match="not a local folder"):
+        train_text_stage(TextConfig(pretrained=str(tmp_path / "missing")), prompts, [], tmp_path / "out2")
+
+
+@pytest.mark.parametrize("strategy", ["progressive", "cyclical", "curriculum", "adversarial"])
+def test_seed_000_strategies_run_end_to_end(strategy, workdir, tmp_path, monkeypatch):
+    """Every named schedule through the vae, unet and finetune stages (warm restarts, joint phases with
+    the VAE training in finetune, curriculum pools, the discriminator)."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(workdir / "models/ldm/text", tmp_path / "models/ldm/text")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"ldm": {"strategy": strategy}}))
+    for stage in ("vae", "unet", "finetune"):
+        assert cli(["train", "ldm", "--stage", stage, "--preset", "tiny", "--data", str(workdir / "data/prepared")]) == 0
+    gen = load_generator("ldm", tmp_path / "models/ldm", device="cpu", sampler="dpm++", steps=3)
+    assert gen.generate(["a red fire type pokemon"], [0]).shape == (1, 3, 16, 16)
