@@ -15,8 +15,6 @@ import yaml
 from PIL import Image
 
 from spritegen import presets
-
-
 from spritegen.cli import main as cli_main
 from spritegen.data import sources
 from spritegen.data.dataset import SPLITS, load_split
