@@ -92,7 +92,8 @@ def sample_set_main(args) -> int:
             f.write(json.dumps(row, sort_keys=True) + "\n")
     import torch
 
-    save_grid(torch.cat(first), out / "grid.png", ncol=cfg.seeds_per_prompt if cfg.seeds_per_prompt > 1 else None, scale=2)
+    # rows of 8: each prompt's seeds side by side
+    save_grid(torch.cat(first), out / "grid.png", ncol=cfg.seeds_per_prompt * max(1, 8 // cfg.seeds_per_prompt), scale=2)
     elapsed = time.perf_counter() - start
     print(f"sample-set {family}: {len(items)} images in {elapsed:.1f}s ({1000 * elapsed / len(items):.0f} ms/image) -> {out}")
     return 0
