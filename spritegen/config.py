@@ -208,7 +208,3 @@ def write_yaml(data: dict, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
-
-def field_docs(cls: type) -> dict[str, str]:
-    """``{field: doc}`` from ``metadata={"doc": ...}``: used by ``spritegen params --explain``."""
-    return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(cls)}

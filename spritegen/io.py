@@ -25,10 +25,6 @@ def write_json(data: Any, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
-
-
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) float in [-1, 1] -> uint8 in [0, 255]."""
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
