@@ -202,9 +202,3 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return data
 
-
-def write_yaml(data: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-
