@@ -50,7 +50,8 @@ def step_fn(stage: str, ldm, B: int, R: int):
     """One training step of ``stage`` as the loop does it (same modules, same losses)."""
     from spritegen.ldm.diffusion import NoiseSchedule, diffusion_loss
     from spritegen.ldm.losses import contrastive_loss
-    from spritegen.ldm.vae import Perceptual, kl_free_bits
+    from spritegen.ldm.unet import denoise
+    from spritegen.ldm.vae import Perceptual, decode, kl_free_bits
     from spritegen.text.encoder import TextEncoder
 
     process = NoiseSchedule(ldm.unet_cfg)
@@ -66,7 +67,9 @@ def step_fn(stage: str, ldm, B: int, R: int):
         if stage == "vae":
             post = ldm.vae.encode(x).latent_dist
             z = post.sample()
-            x_hat = ldm.vae.decode(z).sample
+            with torch.no_grad():  # a text-conditioned decoder reads the frozen text, as in the loop
+                dec_text = ldm.text(prompts) if ldm.vae_cfg.text_conditioned_decoder else (None, None)
+            x_hat = decode(ldm.vae, z, *dec_text)
             loss = (x_hat - x).abs().mean() + perceptual(x_hat, x) + kl_free_bits(post.mean, post.logvar, 0.5)[0] * 1e-2
         else:
             with torch.no_grad():
@@ -76,12 +79,12 @@ def step_fn(stage: str, ldm, B: int, R: int):
             t = torch.randint(0, process.T, (B,))
             noise = torch.randn_like(z0)
             x_t = process.add_noise(z0, noise, t)
-            pred = ldm.unet(x_t, t, encoder_hidden_states=hidden, encoder_attention_mask=mask).sample
+            pred = denoise(ldm.unet, x_t, t, hidden, mask)
             loss = diffusion_loss(pred, process.target(z0, noise, t), process.snr(t), ldm.unet_cfg)
             if stage == "finetune":
                 with torch.no_grad():
                     ref, _ = ref_text(prompts)
-                    pred_ref = ldm.unet(x_t, t, encoder_hidden_states=ref, encoder_attention_mask=mask).sample
+                    pred_ref = denoise(ldm.unet, x_t, t, ref, mask)
                 loss = loss + (pred - pred_ref).pow(2).mean()
                 loss = loss + contrastive_loss(ldm.align.image(z0), ldm.align.text(TextEncoder.pool(hidden, mask)), ldm.align.logit_scale)
         opt.zero_grad(set_to_none=True)

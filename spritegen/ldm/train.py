@@ -10,7 +10,8 @@ schedule.py) tagged with it. One loop serves every phase: a phase only changes w
 train, their learning rates and the loss weights. Per epoch: checkpoint ``last/`` (with optimiser, EMA,
 step and RNG for ``--resume``), ``best/`` by validation loss, ``epoch_XXXX/`` every
 ``ldm.checkpoint_every``; the stage folder itself holds the final bundle. Metrics go to
-``dvclive/ldm/<stage>/``.
+``dvclive/ldm/<stage>/``. Several GPUs: ``accelerate launch --num_processes N -m spritegen train ldm
+--stage S`` trains data-parallel (``train_stage``, spritegen/distributed.py, docs/ldm.md).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from spritegen.ldm.losses import contrastive_loss, hinge_d_loss, hinge_g_loss
 from spritegen.ldm.models import LDM, TextEncoder, ldm_from_text_stage, load_bundle, save_bundle
 from spritegen.ldm.pipeline import FIXED_PROMPTS, ema_unet, generate_images
 from spritegen.ldm.schedule import LDMScheduleConfig, Phase
-from spritegen.ldm.unet import UNetConfig
-from spritegen.ldm.vae import Perceptual, VAEConfig, kl_free_bits, kl_weight, measure_scale
+from spritegen.ldm.unet import UNetConfig, denoise
+from spritegen.ldm.vae import Perceptual, VAEConfig, decode, kl_free_bits, kl_weight, measure_scale, recon_loss
 from spritegen.text.encoder import TextConfig, train_text_stage
 
 PREVIOUS = {"vae": "text", "unet": "vae", "finetune": "unet"}
@@ -46,16 +47,24 @@ PREVIOUS = {"vae": "text", "unet": "vae", "finetune": "unet"}
 def main(args) -> int:
     from spritegen.params import load_all
 
+    from spritegen import distributed
+
     cfgs = load_all(args.params, args.preset)
     text_cfg, vae_cfg, unet_cfg, sched = cfgs["text"], cfgs["vae"], cfgs["unet"], cfgs["ldm"]
-    _print_config(args.stage, {"text": text_cfg, "vae": vae_cfg, "unet": unet_cfg, "ldm": sched})
+    main_process = distributed.env_rank() == 0  # under `accelerate launch`, only rank 0 prints
+    if main_process:
+        _print_config(args.stage, {"text": text_cfg, "vae": vae_cfg, "unet": unet_cfg, "ldm": sched})
     if args.dry_run:
         return 0
-    if args.stage == "text":
-        train_text(text_cfg, args.data, args.out, Path("dvclive/ldm/text"))
+    if args.stage == "text":  # small and single-device: rank 0 trains it, other ranks have nothing to do
+        if main_process:
+            train_text(text_cfg, args.data, args.out, Path("dvclive/ldm/text"))
         return 0
-    train_stage(args.stage, vae_cfg, unet_cfg, sched, args.data, args.out, resume=args.resume,
-                stop_after=getattr(args, "stop_after", None), live_dir=Path("dvclive/ldm") / args.stage, text_cfg=text_cfg)
+    try:
+        train_stage(args.stage, vae_cfg, unet_cfg, sched, args.data, args.out, resume=args.resume,
+                    stop_after=getattr(args, "stop_after", None), live_dir=Path("dvclive/ldm") / args.stage, text_cfg=text_cfg)
+    finally:
+        distributed.teardown()
     return 0
 
 
@@ -170,6 +179,18 @@ def _prompt_pools(split: SpriteSplit, max_complexity: float, thresholds: torch.T
     return pools
 
 
+def _decoder_text(ldm: LDM, prompts: list[str]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The prompts' token states and mask for a text-conditioned VAE decoder; (None, None) for the
+    unconditional one (so nothing is computed - and no randomness used - when the option is off).
+    Without gradient: the decoder learns to read the text, but reconstruction never trains the text
+    encoder (it comes from the text stage; its own objectives are the alignment and diffusion terms)."""
+    if not ldm.vae_cfg.text_conditioned_decoder:
+        return None, None
+    with torch.no_grad():
+        hidden, mask = ldm.text(prompts)  # (B, L, D), (B, L)
+    return hidden, mask
+
+
 @torch.no_grad()
 def _posteriors(vae, images: torch.Tensor, device, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean and std of every image and of its mirror image: (2, N, C, h, w) each (index 1 = flipped)."""
@@ -192,14 +213,24 @@ def _posteriors(vae, images: torch.Tensor, device, batch_size: int = 64) -> tupl
 def train_stage(stage: str, vae_cfg: VAEConfig, unet_cfg: UNetConfig, sched: LDMScheduleConfig, data_dir: Path,
                 out_root: Path, resume: bool = False, stop_after: int | None = None, live_dir: Path | None = None,
                 text_cfg: TextConfig | None = None, progress: bool | None = None) -> dict:
-    """Run the phases of ``sched`` tagged ``stage``; returns the final metrics."""
-    from spritegen.runtime import pick_device
+    """Run the phases of ``sched`` tagged ``stage``; returns the final metrics (rank 0's, complete).
+
+    Under ``accelerate launch`` / ``torchrun`` (spritegen/distributed.py) every rank runs this with the
+    same weights and the same random draws, trains on its share of each global batch (``batch_size`` is
+    the global batch) and steps with the gradient summed over ranks; only rank 0 prints, validates and
+    writes files. A single process runs without any collective, exactly as before."""
+    from spritegen import distributed
 
     text_cfg = text_cfg or TextConfig()
     out_root, data_dir = Path(out_root), Path(data_dir)
     stage_dir = out_root / stage
     phases = sched.phases_for(stage)
-    device = pick_device(sched.device)
+    dp = distributed.setup(sched.device)  # rank 0 of 1 and pick_device(...) without a launcher
+    device = dp.device
+
+    def say(msg: str) -> None:  # one copy of every message, not one per rank
+        if dp.main:
+            print(msg, file=sys.stderr)
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     # ---- data
@@ -249,15 +280,20 @@ def train_stage(stage: str, vae_cfg: VAEConfig, unet_cfg: UNetConfig, sched: LDM
         torch.set_rng_state(flat.pop("rng.torch"))
         opt_flat = flat
         resumed_epoch = epoch
-        print(f"resumed {stage} at epoch {epoch} (step {global_step}) from {last}", file=sys.stderr)
+        say(f"resumed {stage} at epoch {epoch} (step {global_step}) from {last}")
     elif resume:
-        print(f"--resume: no checkpoint in {last}; starting {stage} from the beginning", file=sys.stderr)
+        say(f"--resume: no checkpoint in {last}; starting {stage} from the beginning")
     else:
         torch.manual_seed(sched.seed)  # global RNG: dropout inside transformers/diffusers
+    if dp.rank > 0:
+        # Dropout masks should differ between ranks as they do between the samples of one batch. Rank 0
+        # keeps the single-process stream (the one last/ saves); the others reseed from (seed, rank, epoch).
+        # Nothing that must agree across ranks uses the global RNG (data randomness comes from `g` below).
+        torch.manual_seed(sched.seed * 1_000_003 + 7919 * dp.rank + epoch)
 
-    live = _live(live_dir, resume=resumed_epoch is not None) if live_dir is not None else None
+    live = _live(live_dir, resume=resumed_epoch is not None) if live_dir is not None and dp.main else None
     tb = None
-    if sched.tensorboard:
+    if sched.tensorboard and dp.main:
         from torch.utils.tensorboard import SummaryWriter
 
         tb = SummaryWriter(str(stage_dir / "tensorboard"))
@@ -266,9 +302,14 @@ def train_stage(stage: str, vae_cfg: VAEConfig, unet_cfg: UNetConfig, sched: LDM
     images_seen = 0
     last_epoch = phases[-1].end
     stop_epoch = min(last_epoch, epoch + stop_after) if stop_after else last_epoch
+    # the global batch: each rank trains on batch[rank::world], so results do not depend on the number of GPUs
     batch_size = ldm.vae_cfg.batch_size if stage == "vae" else ldm.unet_cfg.batch_size
     steps_per_epoch = math.ceil(len(images) / batch_size)
-    show = sys.stderr.isatty() if progress is None else progress
+    if dp.enabled and min(batch_size, len(images) - (steps_per_epoch - 1) * batch_size) < dp.world:
+        raise UserError(f"{dp.world} processes but a batch of {min(batch_size, len(images) - (steps_per_epoch - 1) * batch_size)} "
+                        f"images ({len(images)} images, batch_size {batch_size}): every rank needs at least one; "
+                        "raise the batch size or use fewer processes")
+    show = (sys.stderr.isatty() if progress is None else progress) and dp.main
     prev_opt, prev_names = None, None
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -317,7 +358,7 @@ def train_stage(stage: str, vae_cfg: VAEConfig, unet_cfg: UNetConfig, sched: LDM
             cached = None if train_vae else _posteriors(ldm.vae, images, device)
             pools = _prompt_pools(train, phase.max_complexity, complexity)
             phase_steps = (phase.end - phase.start) * steps_per_epoch
-            print(f"phase {phase.name} [{phase.start},{phase.end}) train={phase.train} terms={[k for k, v in terms_on.items() if v]}", file=sys.stderr)
+            say(f"phase {phase.name} [{phase.start},{phase.end}) train={phase.train} terms={[k for k, v in terms_on.items() if v]}")
 
             for epoch in range(max(epoch, phase.start), min(phase.end, stop_epoch)):
                 g = torch.Generator().manual_seed(sched.seed * 1_000_003 + epoch)  # all of this epoch's data randomness
@@ -326,9 +367,14 @@ def train_stage(stage: str, vae_cfg: VAEConfig, unet_cfg: UNetConfig, sched: LDM
                 sums: dict[str, float] = {}
                 n_good, clamped, t_epoch = 0, 0.0, time.time()
                 for b in range(steps_per_epoch):
-                    idx = perm[b * batch_size : (b + 1) * batch_size]
-                    B = len(idx)
-                    prompts = [pools[i][int(torch.randint(len(pools[i]), (1,), generator=g))] for i in idx.tolist()]
+                    # Every random draw below is made for the whole global batch (B_all), in the same order
+                    # on every rank - so the ranks agree and one process draws exactly what it always drew -
+                    # and each rank keeps its share [rank::world] (all of it for a single process).
+                    idx_all = perm[b * batch_size : (b + 1) * batch_size]
+                    B_all = len(idx_all)
+                    prompts_all = [pools[i][int(torch.randint(len(pools[i]), (1,), generator=g))] for i in idx_all.tolist()]
+                    idx, prompts = idx_all[dp.share], prompts_all[dp.share]
+                    B = len(idx)  # this rank's share
                     flip = flips[idx]
                     step_in_phase = (epoch - phase.start) * steps_per_epoch + b
                     for group in opt.param_groups:
@@ -341,10 +387,11 @@ def train_stage(stage: str, vae_cfg: VAEConfig, unet_cfg: UNetConfig, sched: LDM
                             x = images[idx].to(device).float() / 127.5 - 1  # (B, 3, R, R)
                             x = torch.where(flip.to(device)[:, None, None, None], x.flip(-1), x)
                             post = ldm.vae.encode(x).latent_dist
-                            z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(device)
+                            eps = torch.randn((B_all, *post.mean.shape[1:]), generator=g)[dp.share]
+                            z = post.mean + post.std * eps.to(device)
                             if terms_on["recon"] or terms_on["perceptual"]:
-                                x_hat = ldm.vae.decode(z).sample
-                                terms["recon"] = (x_hat.float() - x).abs().mean()
+                                x_hat = decode(ldm.vae, z, *_decoder_text(ldm, prompts))
+                                terms["recon"] = recon_loss(x_hat.float(), x, ldm.vae_cfg)
                                 if terms_on["perceptual"]:
                                     terms["perceptual"] = ldm.vae_cfg.perceptual_weight * perceptual(x_hat.float(), x)
                             if terms_on["kl"]:
@@ -355,7 +402,7 @@ def train_stage(stage: str, vae_cfg: VAEConfig, unet_cfg: UNetConfig, sched: LDM
                         else:
                             fi = flip.long()
                             mean, std = cached[0][fi, idx], cached[1][fi, idx]
-                            z = mean + std * torch.randn(mean.shape, generator=g).to(device)
+                            z = mean + std * torch.randn((B_all, *mean.shape[1:]), generator=g)[dp.share].to(device)
                         z0 = z * ldm.latent_scale
                         c = ldm.vae_cfg.latent_clamp
                         clamped += float((z0.abs() > c).float().mean())
@@ -369,14 +416,15 @@ def train_stage(stage: str, vae_cfg: VAEConfig, unet_cfg: UNetConfig, sched: LDM
                             hidden, mask = hidden_all[:B], mask_all[:B]
                             pooled = TextEncoder.pool(hidden, mask)  # (B, D)
                         if terms_on["diffusion"]:
-                            _, dropped = drop_prompts(prompts, ldm.unet_cfg.cond_dropout, g)
-                            d = dropped.to(device)
+                            _, dropped = drop_prompts(prompts_all, ldm.unet_cfg.cond_dropout, g)
+                            d = dropped[dp.share].to(device)
                             cond = torch.where(d[:, None, None], hidden_all[B:].expand(B, -1, -1), hidden)
                             cond_mask = torch.where(d[:, None], mask_all[B:].expand(B, -1), mask)
-                            t = torch.randint(0, process.T, (B,), generator=g).to(device)
-                            noise = torch.randn(z0.shape, generator=g).to(device)
+                            t = torch.randint(0, process.T, (B_all,), generator=g)[dp.share].to(device)
+                            noise = torch.randn((B_all, *z0.shape[1:]), generator=g)[dp.share].to(device)
+
                             x_t = process.add_noise(z0, noise, t)
-                            pred = ldm.unet(x_t, t, encoder_hidden_states=cond, encoder_attention_mask=cond_mask).sample
+                            pred = denoise(ldm.unet, x_t, t, cond, cond_mask)
                             terms["diffusion"] = diffusion_loss(pred, process.target(z0, noise, t), process.snr(t), ldm.unet_cfg)
                             if terms_on["consistency"]:
                                 # reconstruction consistency: the fine-tuned text must keep the U-Net's
@@ -384,7 +432,7 @@ def train_stage(stage: str, vae_cfg: VAEConfig, unet_cfg: UNetConfig, sched: LDM
                                 with torch.no_grad():
                                     ref_all, ref_mask_all = ref_text(prompts + [""])
                                     ref = torch.where(d[:, None, None], ref_all[B:].expand(B, -1, -1), ref_all[:B])
-                                    pred_ref = ldm.unet(x_t, t, encoder_hidden_states=ref, encoder_attention_mask=cond_mask).sample
+                                    pred_ref = denoise(ldm.unet, x_t, t, ref, cond_mask)
                                 terms["consistency"] = F.mse_loss(pred.float(), pred_ref.float())
                         if terms_on["align"]:
                             terms["align"] = contrastive_loss(ldm.align.image(z0), ldm.align.text(pooled), ldm.align.logit_scale)
@@ -398,7 +446,9 @@ def train_stage(stage: str, vae_cfg: VAEConfig, unet_cfg: UNetConfig, sched: LDM
                     # -- guards, backward, per-component clipping, step
                     if not torch.is_tensor(loss) or not loss.requires_grad:
                         raise UserError(f"phase {phase.name}: nothing to train (terms {sorted(terms)}, train {phase.train})")
-                    if not guard.loss_ok(loss.detach()) or (disc_loss is not None and not guard.loss_ok(disc_loss.detach())):
+                    # the global batch's values (the same on every rank, so every rank's guard decides alike)
+                    loss_v, disc_v, terms_v = _global_values(dp, B / B_all, loss, disc_loss, terms)
+                    if not guard.loss_ok(loss_v) or (disc_v is not None and not guard.loss_ok(disc_v)):
                         opt.zero_grad(set_to_none=True)
                         continue
                     opt.zero_grad(set_to_none=True)
@@ -407,6 +457,10 @@ def train_stage(stage: str, vae_cfg: VAEConfig, unet_cfg: UNetConfig, sched: LDM
                         for p in ldm.disc.parameters():
                             p.grad = None
                         disc_loss.backward()
+                    # data parallel: every rank gets the global batch's gradient (before clipping, so the norms,
+                    # the explosion guard and the step are the same on every rank); nothing for one process
+                    for group in opt.param_groups:
+                        dp.reduce_gradients(group["params"], B / B_all)
                     norms = {}
                     for group in opt.param_groups:
                         norms[group["name"]] = float(torch.nn.utils.clip_grad_norm_(group["params"], group["clip"]))
@@ -419,17 +473,17 @@ def train_stage(stage: str, vae_cfg: VAEConfig, unet_cfg: UNetConfig, sched: LDM
                         ldm.unet_ema.update(ldm.unet)
                     global_step += 1
                     n_good += 1
-                    images_seen += B
-                    for k, v in terms.items():
-                        sums[k] = sums.get(k, 0.0) + float(v.detach())
-                    sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+                    images_seen += B_all
+                    for k, v in terms_v.items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                    sums["loss"] = sums.get("loss", 0.0) + float(loss_v)
                     for k, n in norms.items():
                         sums[f"grad_norm/{k}"] = sums.get(f"grad_norm/{k}", 0.0) + n
                     ips = (b + 1) * batch_size / (time.time() - t_epoch)
-                    bar.update(task, advance=1, ips=ips, loss=float(loss.detach()))
+                    bar.update(task, advance=1, ips=ips, loss=float(loss_v))
                     if live is not None and global_step % 10 == 0:
                         live.step = global_step
-                        live.log_metric("train_step/loss", float(loss.detach()))
+                        live.log_metric("train_step/loss", float(loss_v))
 
                 # ---- end of epoch: metrics, validation, checkpoints, samples
                 epoch_metrics = {f"train/{k}": v / max(1, n_good) for k, v in sums.items()}
@@ -437,9 +491,16 @@ def train_stage(stage: str, vae_cfg: VAEConfig, unet_cfg: UNetConfig, sched: LDM
                 epoch_metrics["guard/latent_clamped_frac"] = clamped / steps_per_epoch
                 epoch_metrics["images_per_s"] = n_good * batch_size / max(1e-9, time.time() - t_epoch)
                 epoch_metrics["lr/" + opt.param_groups[0]["name"]] = opt.param_groups[0]["lr"]
-                if stage == "vae":
-                    ldm.latent_scale = measure_scale(ldm.vae, images)
+                if stage == "vae":  # rank 0 measures; every rank uses its number (the same latents everywhere)
+                    ldm.latent_scale = dp.broadcast_float(measure_scale(ldm.vae, images) if dp.main else 0.0)
                     epoch_metrics["latent_scale"] = ldm.latent_scale
+                dp.check_in_sync(ldm.modules().values())  # before rank 0 saves weights that stand for all ranks
+                if not dp.main:  # validation, logs, checkpoints and samples are rank 0's; the others wait for it
+                    epoch += 1
+                    metrics.update(epoch_metrics)  # the training numbers (global-batch losses, guard counts)
+                    dp.barrier()
+                    continue
+
                 val_metrics = validate(ldm, val, stage, process, sched.seed)
                 epoch_metrics.update(val_metrics)
                 epoch += 1
@@ -459,14 +520,18 @@ def train_stage(stage: str, vae_cfg: VAEConfig, unet_cfg: UNetConfig, sched: LDM
                 if sched.sample_every and epoch % sched.sample_every == 0 and epoch < last_epoch:
                     write_samples(ldm, val, stage, stage_dir / "samples" / f"epoch_{epoch:04d}.png", live)
                 metrics.update(epoch_metrics)
+                dp.barrier()  # the other ranks go on once last/ is complete
             prev_opt, prev_names = opt, names
     finally:
         bar.stop()
 
     if epoch < last_epoch:  # stopped early by --stop-after: last/ holds everything --resume needs
-        print(f"{stage}: stopped after epoch {epoch} of {last_epoch}; continue with --resume", file=sys.stderr)
+        say(f"{stage}: stopped after epoch {epoch} of {last_epoch}; continue with --resume")
         if live is not None:
             live.end()
+        return metrics
+    if not dp.main:  # the stage output is rank 0's to write
+        dp.barrier()
         return metrics
     # ---- the stage output: the final bundle + a sample grid
     ldm.meta["stages"] = list(dict.fromkeys(ldm.meta.get("stages", []) + [stage]))
@@ -482,7 +547,22 @@ def train_stage(stage: str, vae_cfg: VAEConfig, unet_cfg: UNetConfig, sched: LDM
         live.end()
     if tb is not None:
         tb.close()
+    dp.barrier()
     return metrics
+
+
+def _global_values(dp, weight: float, loss: torch.Tensor, disc_loss: torch.Tensor | None,
+                   terms: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+    """(loss, discriminator loss, terms) of the global batch, detached. One process: its own values,
+    untouched. Several: one all-reduce of the per-rank means weighted by ``weight`` (the rank's share
+    of the batch), so every rank sees the same numbers - a NaN on any rank is a NaN on all of them."""
+    terms = {k: v.detach() for k, v in terms.items()}
+    if not dp.enabled:
+        return loss.detach(), None if disc_loss is None else disc_loss.detach(), terms
+    zero = torch.zeros((), device=loss.device)
+    vals = dp.reduce_mean(torch.stack([loss.detach().float(), zero if disc_loss is None else disc_loss.detach().float(),
+                                       *[v.float() for v in terms.values()]]), weight)
+    return vals[0], None if disc_loss is None else vals[1], dict(zip(terms, vals[2:]))
 
 
 def _save_state(folder: Path, tensors: dict[str, torch.Tensor], state: dict) -> None:
@@ -519,14 +599,14 @@ def validate(ldm: LDM, val: SpriteSplit, stage: str, process: NoiseSchedule, see
         x = val.images[i : i + batch_size].to(device).float() / 127.5 - 1
         B = len(x)
         post = ldm.vae.encode(x).latent_dist
-        recon += float((ldm.vae.decode(post.mean).sample - x).abs().mean()) * B
         prompts = [r.prompts[0] for r in val.records[i : i + batch_size]]
+        recon += float((decode(ldm.vae, post.mean, *_decoder_text(ldm, prompts)) - x).abs().mean()) * B
         z0 = (post.mean * ldm.latent_scale).clamp(-ldm.vae_cfg.latent_clamp, ldm.vae_cfg.latent_clamp)
         if ldm.unet is not None and stage != "vae":
             hidden, mask = ldm.text(prompts)
             t = torch.randint(0, process.T, (B,), generator=g).to(device)
             noise = torch.randn(z0.shape, generator=g).to(device)
-            pred = ldm.unet(process.add_noise(z0, noise, t), t, encoder_hidden_states=hidden, encoder_attention_mask=mask).sample
+            pred = denoise(ldm.unet, process.add_noise(z0, noise, t), t, hidden, mask)
             diff += float(diffusion_loss(pred, process.target(z0, noise, t), process.snr(t), ldm.unet_cfg)) * B
         if ldm.align is not None:
             hidden, mask = ldm.text(prompts)
@@ -555,7 +635,11 @@ def write_samples(ldm: LDM, val: SpriteSplit, stage: str, path: Path, live=None)
     ldm.vae.eval()
     if ldm.unet is None or stage == "vae":
         x = val.images[:8].to(device).float() / 127.5 - 1
-        x_hat = ldm.vae.decode(ldm.vae.encode(x).latent_dist.mean).sample
+        prompts = [r.prompts[0] for r in val.records[:8]]
+        text_was_training = ldm.text.model.training  # no dropout in the decoder's text; restored for the loop
+        ldm.text.model.eval()
+        x_hat = decode(ldm.vae, ldm.vae.encode(x).latent_dist.mean, *_decoder_text(ldm, prompts))
+        ldm.text.model.train(text_was_training)
         grid = torch.cat([to_uint8(x.cpu()), to_uint8(x_hat.float().cpu())])
     else:
         prompts = list(FIXED_PROMPTS) * 2
