@@ -92,9 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_dispatch("spritegen.ldm.train:main"))
 
     # --- sampling -----------------------------------------------------------------------------------
-    p = sub.add_parser("sample", help="sample a PNG grid for a prompt")
+    p = sub.add_parser("sample", help="sample a PNG grid: one row of --n images per prompt")
     _params_args(p)
-    p.add_argument("prompt")
+    p.add_argument("prompt", nargs="+", help="one or more prompts (quote each)")
     p.add_argument("--family", default="ldm")
     p.add_argument("--model", type=Path, default=None, help="model folder (default: models/<family>)")
     p.add_argument("--n", type=int, default=8)

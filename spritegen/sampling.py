@@ -1,8 +1,10 @@
-"""Sampling: ``spritegen sample`` (a PNG grid for one prompt) and the ``sample`` params section.
+"""Sampling: ``spritegen sample`` (a PNG grid, one row per prompt) and the ``sample`` params section.
 
-    spritegen sample "a red fire type pokemon" --n 8 --seed 0 --steps 20 --guidance 3 --sampler dpm++ --out grid.png
+    spritegen sample "a red fire type pokemon" --n 8 --seed 0 --steps 20 --guidance 5 --sampler dpm++ --out grid.png
+    spritegen sample "a red fire type pokemon" "a blue water type pokemon" --n 4 --out grid.png
 
-Image k of the grid uses seed ``--seed + k``; the same arguments give the same pixels.
+Image k of each row uses seed ``--seed + k`` (so a column shares its initial noise across prompts); the
+same arguments give the same pixels.
 """
 
 from __future__ import annotations
@@ -43,7 +45,11 @@ def sample_main(args) -> int:
                 "guidance": cfg.guidance if args.guidance is None else args.guidance, "batch_size": cfg.batch_size}
     device = getattr(args, "device", None) or cfg.device
     gen = load_generator(args.family, model, device=device, **sampling)
-    images = gen.generate([args.prompt] * args.n, [args.seed + k for k in range(args.n)])
-    save_grid(images, args.out, scale=max(1, 128 // gen.resolution))
-    print(f"wrote {args.out} ({args.n} images, {sampling})", file=sys.stderr)
+    prompts = [args.prompt] if isinstance(args.prompt, str) else list(args.prompt)
+    if any(not p.strip() for p in prompts):
+        raise UserError("a prompt is empty: describe the sprite (the empty prompt is the unconditional one)")
+    seeds = [args.seed + k for k in range(args.n)]
+    images = gen.generate([p for p in prompts for _ in seeds], seeds * len(prompts))  # row-major: prompt, seed
+    save_grid(images, args.out, ncol=args.n, scale=max(1, 128 // gen.resolution))
+    print(f"wrote {args.out} ({len(prompts)} prompt(s) x {args.n} images, {sampling})", file=sys.stderr)
     return 0

@@ -68,6 +68,19 @@ def test_sample_cli_same_arguments_same_pixels(workdir, monkeypatch):
         assert a.shape[0] > 16 and np.array_equal(a, b)
 
 
+def test_sample_cli_several_prompts_one_row_each(workdir, monkeypatch):
+    """Two prompts x 3 seeds: a 2-row grid whose second row is that prompt's own single-prompt grid."""
+    monkeypatch.chdir(workdir)
+    common = ["--preset", "tiny", "--n", "3", "--seed", "5", "--steps", "4", "--sampler", "ddim"]
+    assert cli(["sample", "a red fire type pokemon", "a blue water type pokemon", *common, "--out", "two.png"]) == 0
+    assert cli(["sample", "a blue water type pokemon", *common, "--out", "blue.png"]) == 0
+    two, blue = np.asarray(Image.open("two.png")).astype(int), np.asarray(Image.open("blue.png")).astype(int)
+    assert two.shape[1] == blue.shape[1] and two.shape[0] > blue.shape[0] * 1.8  # 2 rows, 3 columns each
+    row2 = two[two.shape[0] - blue.shape[0]:]
+    assert np.abs(row2 - blue).max() <= 1  # batch composition changes float summation order only
+    assert cli(["sample", "a red fire type pokemon", "  ", *common]) == 2  # an empty prompt is refused
+
+
 def test_generator_is_batch_independent(workdir):
     gen = load_generator("ldm", workdir / "models/ldm", device="cpu", sampler="ddpm", steps=4, guidance=3.0)
     assert gen.family == "ldm" and gen.resolution == 16

@@ -2,7 +2,7 @@
 and its loss (L1 reconstruction + perceptual term + annealed KL with free bits).
 
 Compression is ``2 ** (len(block_out_channels) - 1)`` per side: four blocks give the seeds' 8x
-(64x64x3 -> 8x8x4). The latent scale factor is measured from the training data after the VAE stage
+(32x32x3 -> 4x4x8 at the CPU default, 64x64x3 -> 8x8x8). The latent scale factor is measured from the training data after the VAE stage
 (1 / std of the latents), never Stable Diffusion's 0.18215.
 
 ``vae.text_conditioned_decoder`` (a seed option) wraps it in ``TextConditionedVAE``: the decoder
@@ -40,7 +40,7 @@ class VAEConfig:
     free_bits: float = field(default=0.5, metadata={"ge": 0, "doc": "free bits: nats per latent channel (per position) not penalised (seed: 0.5)"})
     perceptual: Literal["auto", "lpips", "gradient", "none"] = field(default="auto", metadata={"doc": "perceptual term: lpips (needs local AlexNet weights), gradient (offline fallback: L1 on image gradients at 2 scales), auto = lpips when present"})
     perceptual_weight: float = field(default=0.5, metadata={"ge": 0})
-    chroma_weight: float = field(default=8.0, metadata={"ge": 0, "doc": "the L1 is taken in an opponent colour space (luminance + two colour differences) with the colour differences scaled by this: 1 = plain RGB L1. Hue is a small part of a sprite's pixel variance, and with plain L1 a VAE learns silhouette and lightness for thousands of steps before any hue (docs/ldm.md)"})
+    chroma_weight: float = field(default=8.0, metadata={"ge": 0, "doc": "the L1 is taken in an opponent colour space (luminance + two colour differences) with the colour differences scaled by this (1 = unweighted; the basis is orthonormal). Hue is a small part of a sprite's pixel variance, and with plain L1 a VAE learns silhouette and lightness for thousands of steps before any hue (docs/ldm.md)"})
     hflip: float = field(default=0.5, metadata={"ge": 0, "le": 1, "doc": "horizontal flip probability (all stages)"})
     latent_clamp: float = field(default=4.0, metadata={"gt": 0, "doc": "scaled latents are clamped to +-this (seed: 3.0); clamped values are counted"})
     text_conditioned_decoder: bool = field(default=False, metadata={"doc": "seed option: the decoder cross-attends to the prompt's token states (one residual attention layer after its mid block, zero-initialised so it starts as the unconditional decoder); the encoder stays unconditional"})
@@ -80,7 +80,7 @@ def build_vae(cfg: VAEConfig, resolution: int, text_dim: int | None = None):
 
 class TextConditionedVAE(nn.Module):
     """The seeds' text-conditioned decoder: an ``AutoencoderKL`` whose decoder cross-attends to the prompt's
-    token states once, right after its mid block - at the latent resolution (8x8 = 64 queries at 64 px),
+    token states once, right after its mid block - at the latent resolution (4x4 = 16 queries at 32 px, 8x8 at 64 px),
     so it costs little next to the convolutions at full resolution.
 
     The layer is diffusers' ``Attention`` in the style of the VAE's own mid-block attention (group norm on
@@ -144,10 +144,8 @@ def _opponent(x: torch.Tensor, chroma_weight: float) -> torch.Tensor:
 
 
 def recon_loss(x_hat: torch.Tensor, x: torch.Tensor, cfg: VAEConfig) -> torch.Tensor:
-    """The reconstruction term: L1 in the opponent colour space with the colour differences weighted by
-    ``chroma_weight`` (plain RGB L1 when it is 1). x_hat, x: (B, 3, R, R) in [-1, 1]."""
-    if cfg.chroma_weight == 1.0:
-        return (x_hat - x).abs().mean()
+    """The reconstruction term: L1 in the opponent colour space, the colour differences weighted by
+    ``chroma_weight`` (a lightness error costs the same at any weight). x_hat, x: (B, 3, R, R) in [-1, 1]."""
     return (_opponent(x_hat, cfg.chroma_weight) - _opponent(x, cfg.chroma_weight)).abs().mean()
 
 
