@@ -258,6 +258,9 @@ def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_n():
     # a biased set statistic: the interval is moved to bracket the point estimate
     ci = M.interval_from_replicates([2.0, 2.1, 2.2, 2.3], point=1.0)
     assert ci[0] < 1.0 < ci[1]
+    # a discrete statistic: the shift alone gave [0.02, 0.02] around a point of 0
+    ci = M.interval_from_replicates([1.0] * 98 + [0.0] * 2, point=0.0)
+    assert ci[0] <= 0.0 <= ci[1]
     assert M.bootstrap_ci(lambda i: 0.0, 1, 10, rng) is None
 
 
