@@ -111,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", required=True)
     p.add_argument("--model", type=Path, default=None)
     p.add_argument("--data", type=Path, default=Path("data/prepared"))
-    p.add_argument("--out", type=Path, default=None, help="default: samples/<family>")
+    p.add_argument("--out", type=Path, default=None, help="default: samples/<family> (samples/<family>_vae with --reconstruct)")
+    p.add_argument("--reconstruct", action="store_true",
+                   help="write the prompted real sprites through the model's VAE instead of samples: the decoder's ceiling")
     p.set_defaults(run=_dispatch("spritegen.sample_set:sample_set_main"))
 
     # --- evaluation ---------------------------------------------------------------------------------

@@ -8,6 +8,11 @@ train split, one prompt each (cycling through the prompt styles), each sampled w
 ``sample.seed .. sample.seed + seeds_per_prompt - 1``.
 Every generator family gets exactly the same prompts and seeds, so their metrics compare.
 
+``--reconstruct`` writes, in place of samples, each prompted sprite passed through the bundle's VAE
+(``samples/<family>_vae`` by default): the decoder's ceiling, scored by ``spritegen evaluate --family
+<family>_vae`` like any sample set. A metric far below the real sprites' floor there is the VAE's to fix,
+not the U-Net's (docs/evaluation.md, "Which half limits a metric").
+
 Output::
 
     samples/<family>/images/00000.png ...   one PNG per (prompt, seed)
@@ -63,11 +68,16 @@ def sample_set_main(args) -> int:
     cfg = load_section("sample", args.params, args.preset)
     family = args.family
     model_dir = args.model or Path("models") / family
-    out = args.out or Path("samples") / family
+    reconstruct = getattr(args, "reconstruct", False)
+    out = args.out or Path("samples") / (f"{family}_vae" if reconstruct else family)
     items = choose_prompt_set(args.data, cfg.n_heldout_prompts, cfg.n_train_prompts, cfg.seeds_per_prompt, cfg.seed)
 
-    generator = load_generator(family, model_dir, device=cfg.device, sampler=cfg.sampler, steps=cfg.steps,
-                               guidance=cfg.guidance, batch_size=cfg.batch_size)
+    if reconstruct:
+        generate = _reconstructor(family, model_dir, args.data, cfg.device)
+    else:
+        generator = load_generator(family, model_dir, device=cfg.device, sampler=cfg.sampler, steps=cfg.steps,
+                                   guidance=cfg.guidance, batch_size=cfg.batch_size)
+        generate = lambda batch: generator.generate([it.prompt for it in batch], [it.seed for it in batch])  # noqa: E731
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     for old in images_dir.glob("*.png"):  # a re-run replaces the set; stale files would be scored
@@ -77,7 +87,7 @@ def sample_set_main(args) -> int:
     rows, first = [], []
     for b in range(0, len(items), cfg.batch_size):
         batch = items[b : b + cfg.batch_size]
-        images = generator.generate([it.prompt for it in batch], [it.seed for it in batch])  # (B, 3, R, R) uint8
+        images = generate(batch)  # (B, 3, R, R) uint8
         names = [f"{b + i:05d}.png" for i in range(len(batch))]
         save_pngs(images, images_dir, names)
         if len(first) < 64:
@@ -97,3 +107,50 @@ def sample_set_main(args) -> int:
     elapsed = time.perf_counter() - start
     print(f"sample-set {family}: {len(items)} images in {elapsed:.1f}s ({1000 * elapsed / len(items):.0f} ms/image) -> {out}")
     return 0
+
+
+def _reconstructor(family: str, model_dir: Path, prepared: Path, device: str):
+    """``--reconstruct``: batch of PromptItems -> their real sprites through the bundle's VAE (uint8)."""
+    import torch
+
+    if family != "ldm":
+        raise UserError(f"--reconstruct needs a family with a VAE (ldm), not {family!r}")
+    from spritegen.ldm.models import load_bundle
+    from spritegen.runtime import pick_device
+
+    if (model_dir / "finetune" / "model.safetensors").exists():  # models/ldm -> its last stage
+        model_dir = model_dir / "finetune"
+    ldm = load_bundle(model_dir)
+    if ldm.vae is None:
+        raise UserError(f"{model_dir} holds no VAE: point at a vae, unet or finetune stage output")
+    ldm = ldm.to(pick_device(device))
+    real = {}
+    for split in ("train", "val", "test"):
+        s = load_split(prepared, split)
+        real.update(zip((r.id for r in s.records), s.images))
+    return lambda batch: reconstruct_images(ldm, torch.stack([real[it.record.id] for it in batch]), [it.prompt for it in batch])
+
+
+def reconstruct_images(ldm, images, prompts: list[str], batch_size: int = 32):
+    """The VAE's ceiling: (N, 3, R, R) uint8 real sprites -> their reconstructions (posterior mean,
+    decoded), uint8. No sampler can put more into an image than this decoder gives back, so scoring
+    these beside the samples shows which half of the system limits a metric. (Here, not in
+    spritegen/ldm, whose every change retrains the VAE stage.)"""
+    import torch
+
+    from spritegen.io import to_uint8
+    from spritegen.ldm.vae import decode
+
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+    if images.shape[-1] != ldm.resolution:
+        raise UserError(f"the VAE was trained at {ldm.resolution} px but the sprites are {images.shape[-1]} px")
+    device = next(ldm.vae.parameters()).device
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = images[i : i + batch_size].to(device).float() / 127.5 - 1.0
+            states, mask = ldm.text.eval()(list(prompts[i : i + batch_size]))  # read by a text-conditioned decoder only
+            z = ldm.vae.encode(x).latent_dist.mean
+            out.append(to_uint8(decode(ldm.vae, z, states, mask).float().cpu()))
+    return torch.cat(out)

@@ -94,6 +94,30 @@ def test_generator_is_batch_independent(workdir):
         load_generator("nope", workdir / "models/ldm")
 
 
+def test_sample_set_reconstruct_writes_the_vae_ceiling(workdir, monkeypatch):
+    """--reconstruct: the prompted sprites themselves through the VAE, under the sample set's own
+    prompts (same files, same order), so `spritegen evaluate --family ldm_vae` scores the decoder's ceiling."""
+    import json
+
+    from spritegen.data.dataset import load_split
+    from spritegen.ldm.models import load_bundle
+    from spritegen.sample_set import reconstruct_images
+
+    monkeypatch.chdir(workdir)
+    assert cli(["sample-set", "--family", "ldm", "--preset", "tiny"]) == 0
+    assert cli(["sample-set", "--family", "ldm", "--preset", "tiny", "--reconstruct", "--model", "models/ldm/vae"]) == 0
+    rows = [json.loads(x) for x in (workdir / "samples/ldm_vae/prompts.jsonl").read_text().splitlines()]
+    sampled = [json.loads(x) for x in (workdir / "samples/ldm/prompts.jsonl").read_text().splitlines()]
+    assert [(r["prompt"], r["record_id"]) for r in rows] == [(r["prompt"], r["record_id"]) for r in sampled]
+    real = {r.id: im for s in ("train", "val", "test") for r, im in zip(load_split("data/prepared", s).records,
+                                                                          load_split("data/prepared", s).images)}
+    first = np.asarray(Image.open(workdir / "samples/ldm_vae" / rows[0]["file"])).transpose(2, 0, 1)
+    expect = reconstruct_images(load_bundle("models/ldm/vae"), real[rows[0]["record_id"]][None], [rows[0]["prompt"]])[0]
+    assert np.abs(first.astype(int) - expect.numpy().astype(int)).max() <= 1  # that very sprite's reconstruction
+    assert np.abs(first.astype(int) - real[rows[0]["record_id"]].numpy().astype(int)).max() > 1  # not the sprite copied
+    assert cli(["sample-set", "--family", "ldm", "--preset", "tiny", "--reconstruct", "--model", "models/ldm/text"]) == 2
+
+
 def _tensors(path):
     return load_tensors(path)
 
