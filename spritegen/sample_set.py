@@ -68,11 +68,10 @@ def sample_set_main(args) -> int:
     cfg = load_section("sample", args.params, args.preset)
     family = args.family
     model_dir = args.model or Path("models") / family
-    reconstruct = getattr(args, "reconstruct", False)
-    out = args.out or Path("samples") / (f"{family}_vae" if reconstruct else family)
+    out = args.out or Path("samples") / (f"{family}_vae" if args.reconstruct else family)
     items = choose_prompt_set(args.data, cfg.n_heldout_prompts, cfg.n_train_prompts, cfg.seeds_per_prompt, cfg.seed)
 
-    if reconstruct:
+    if args.reconstruct:
         generate = _reconstructor(family, model_dir, args.data, cfg.device)
     else:
         generator = load_generator(family, model_dir, device=cfg.device, sampler=cfg.sampler, steps=cfg.steps,

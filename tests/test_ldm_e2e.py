@@ -109,8 +109,10 @@ def test_sample_set_reconstruct_writes_the_vae_ceiling(workdir, monkeypatch):
     rows = [json.loads(x) for x in (workdir / "samples/ldm_vae/prompts.jsonl").read_text().splitlines()]
     sampled = [json.loads(x) for x in (workdir / "samples/ldm/prompts.jsonl").read_text().splitlines()]
     assert [(r["prompt"], r["record_id"]) for r in rows] == [(r["prompt"], r["record_id"]) for r in sampled]
-    real = {r.id: im for s in ("train", "val", "test") for r, im in zip(load_split("data/prepared", s).records,
-                                                                          load_split("data/prepared", s).images)}
+    real = {}
+    for split in ("train", "val", "test"):
+        s = load_split("data/prepared", split)
+        real.update(zip((r.id for r in s.records), s.images))
     first = np.asarray(Image.open(workdir / "samples/ldm_vae" / rows[0]["file"])).transpose(2, 0, 1)
     expect = reconstruct_images(load_bundle("models/ldm/vae"), real[rows[0]["record_id"]][None], [rows[0]["prompt"]])[0]
     assert np.abs(first.astype(int) - expect.numpy().astype(int)).max() <= 1  # that very sprite's reconstruction
