@@ -247,6 +247,59 @@ def zero_shot_predict(image_emb: np.ndarray, class_text_emb: np.ndarray) -> np.n
     return (l2_normalise(image_emb) @ l2_normalise(class_text_emb).T).argmax(1)
 
 
+def attribute_hits(wanted: Sequence[Sequence[str]], predicted: Sequence[str | None],
+                   classes: Sequence[str]) -> np.ndarray:
+    """``H (N, N)``: ``H[i, j]`` = 1 when image j's predicted class is one prompt i asks for, NaN rows for
+    prompts that ask for none. The diagonal is each sample's own hit; the rest is what its prediction
+    would score under every other prompt (the prompt-shuffled chance, ``shuffled_chance``)."""
+    index = {c: k for k, c in enumerate(classes)}
+    want = np.zeros((len(wanted), len(classes) + 1))  # the last column: a prediction outside `classes`
+    for i, w in enumerate(wanted):
+        want[i, [index[c] for c in w if c in index]] = 1.0
+    pred = np.array([index.get(p, len(classes)) if p is not None else len(classes) for p in predicted])
+    hits = want[:, pred]
+    hits[want.sum(1) == 0] = np.nan
+    return hits
+
+
+def shuffled_chance(hits: np.ndarray, idx: np.ndarray | None = None) -> float:
+    """Expected accuracy of the same images under randomly re-paired prompts: the chance level of a
+    generator that draws exactly these images but ignores its prompt. Unlike 1/classes it accounts for
+    the scorer's bias (a scorer that calls most images "water" gives water prompts free hits)."""
+    sub = hits if idx is None else hits[np.ix_(idx, idx)]
+    rows = np.isfinite(sub[:, 0])
+    return float(sub[rows].mean()) if rows.any() else float("nan")
+
+
+def per_class_following(wanted: Sequence[Sequence[str]], predicted: Sequence[str | None],
+                        classes: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per class that some prompt asks for: ``n`` such prompts, ``called`` the share of their images the
+    scorer calls that class, ``share`` the share of *all* images it calls that class, and ``lift`` =
+    called − share (0 for a class the generator ignores). A class the scorer never names anywhere has
+    called = share = 0: that class is not measured, rather than not followed."""
+    pred = np.array([p if p is not None else "" for p in predicted])
+    out = {}
+    for c in classes:
+        rows = [i for i, w in enumerate(wanted) if c in w]
+        if rows:
+            called, share = float(np.mean(pred[rows] == c)), float(np.mean(pred == c))
+            out[c] = {"n": len(rows), "called": called, "share": share, "lift": called - share}
+    return out
+
+
+def shuffle_test(hits: np.ndarray, rng: np.random.Generator, n_perm: int = 2000) -> float:
+    """One-sided permutation p-value that the prompts are followed: the share of random re-pairings of
+    prompts and images that score at least the observed accuracy (the add-one estimate, never 0)."""
+    rows = np.flatnonzero(np.isfinite(hits[:, 0]))
+    if len(rows) == 0:
+        return float("nan")
+    observed = hits[rows, rows].mean()
+    n = len(hits)
+    perms = np.stack([rng.permutation(n) for _ in range(n_perm)])  # (P, N)
+    null = hits[rows[None, :], perms[:, rows]].mean(1)
+    return float((1 + (null >= observed - 1e-12).sum()) / (1 + n_perm))
+
+
 def retrieval_recall(image_emb: np.ndarray, text_emb: np.ndarray, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
     """Image→text and text→image recall@k for paired rows (row i of each is a true pair)."""
     sims = l2_normalise(image_emb) @ l2_normalise(text_emb).T

@@ -4,7 +4,8 @@
 
 Writes ``metrics/summary.json`` (per family: value, ci95, floor of each metric, and a normalised score
 (value - floor) / (worst baseline - floor) that puts metrics on one scale: 0 = as good as real data, 1 = as
-bad as the worst trivial baseline), ``metrics/summary.md`` (the table) and ``plots/report/summary.png``.
+bad as the worst trivial baseline), ``metrics/summary.md`` (the table, and prompt following: each
+attribute accuracy beside the same images' accuracy under shuffled prompts) and ``plots/report/summary.png``.
 Families measured with different backend_ids are listed, but flagged: their numbers do not compare.
 """
 
@@ -18,7 +19,7 @@ from spritegen.errors import UserError
 
 SKIP = {"summary.json", "evaluator.json"}
 TABLE_METRICS = ("fd", "kid", "precision", "recall", "coverage", "clip_score", "r_precision",
-                 "attr_colour_acc_pixels", "perceptual_within_prompt", "collapse_score", "near_copy_fraction")
+                 "attr_colour_acc_pixels", "attr_type_acc_evaluator", "perceptual_within_prompt", "collapse_score", "near_copy_fraction")
 
 
 def read_metrics(folder: Path) -> dict[str, dict]:
@@ -90,6 +91,37 @@ def markdown_table(results: dict[str, dict], names=TABLE_METRICS) -> str:
         f"Backend: {', '.join(ids)}.\n" + note
 
 
+def following_table(results: dict[str, dict]) -> str:
+    """Prompt following per family: accuracy, shuffled chance, lift [95%], permutation p, and the real
+    sprites' lift (what the instrument can see at all); then the lift per prompted class. Empty when no
+    family has attribute lifts."""
+    rows, classes = [], []
+    for family, r in results.items():
+        for name, m in r["metrics"].items():
+            lift = m.get("lift")
+            if not lift:
+                continue
+            ci = lift.get("ci95")
+            real = (m["floor"] - m["floor_chance"]) if m.get("floor") is not None and m.get("floor_chance") is not None else None
+            rows.append(f"| {family} | {name} | {m['value']:.3f} | {m['chance']:.3f} | {lift['value']:+.3f}"
+                        + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "") + f" | {lift['p_value']:.2g} | "
+                        + ("–" if real is None else f"{real:+.3f}") + " |")
+            per = m.get("per_class") or {}
+            named = sorted((c for c, v in per.items() if v["share"] > 0), key=lambda c: -per[c]["lift"])
+            never = sorted(c for c, v in per.items() if v["share"] == 0)
+            if per:
+                classes.append(f"- {family} `{name}`: " + ", ".join(f"{c} {per[c]['lift']:+.2f}" for c in named)
+                               + (f"; never named by the scorer, so not measured: {', '.join(never)}" if never else ""))
+    if not rows:
+        return ""
+    head = ("\n## Prompt following\n\nAccuracy against the same images under shuffled prompts: a generator "
+            "that ignores its prompt has lift 0 whatever the scorer's bias; p is a permutation test.\n\n"
+            "| family | metric | accuracy | shuffled chance | lift [95%] | p | real sprites' lift |\n|---|---|---|---|---|---|---|")
+    per_class = ("\n\nLift per prompted class (the share of its prompts' images called that class, minus the "
+                 "share of all images called it):\n\n" + "\n".join(classes)) if classes else ""
+    return "\n".join([head, *rows]) + per_class + "\n"
+
+
 def plot_summary(summary: dict, path: Path) -> None:
     """One panel: the normalised score of each table metric per family (0 = real data, 1 = worst baseline)."""
     import matplotlib
@@ -124,7 +156,8 @@ def main(args) -> int:
         raise UserError(f"{folder} holds no metrics/<family>.json files: run `spritegen evaluate --family ...` first")
     summary = summarise(results)
     write_json(summary, folder / "summary.json")
-    (folder / "summary.md").write_text(markdown_table(results))
+    text = markdown_table(results) + following_table(results)
+    (folder / "summary.md").write_text(text)
     plot_summary(summary, Path(args.plots) / "summary.png")
-    print(markdown_table(results))
+    print(text)
     return 0

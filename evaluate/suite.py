@@ -157,6 +157,19 @@ class Scorer:
 
 
 @dataclass
+class AttributeCalls:
+    """One attribute accuracy's raw material: what each prompt asks for, what each image was called."""
+
+    wanted: list[tuple[str, ...]]  # per sample: the classes its prompt names (empty: not scored)
+    predicted: list[str | None]  # per sample: the class the scorer gives its image
+    classes: tuple[str, ...]
+    hits: np.ndarray = field(init=False)  # (N, N) M.attribute_hits: each image's call under every prompt
+
+    def __post_init__(self):
+        self.hits = M.attribute_hits(self.wanted, self.predicted, self.classes)
+
+
+@dataclass
 class Encoded:
     """One set of images with everything the metrics need, computed once (bootstrap reuses it)."""
 
@@ -170,6 +183,7 @@ class Encoded:
     k_self: np.ndarray  # (N, N) KID kernel among these features
     k_ref: np.ndarray  # (N, R) KID kernel to the reference features
     per_sample: dict[str, np.ndarray]  # metric -> (N,) values (NaN = not applicable)
+    attributes: dict[str, AttributeCalls] = field(default_factory=dict)  # attribute accuracy -> its calls
 
 
 def _features_and_perceptual(x: torch.Tensor, s: Scorer, features: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -183,14 +197,17 @@ def _features_and_perceptual(x: torch.Tensor, s: Scorer, features: np.ndarray | 
 def per_sample_metrics(images: np.ndarray, prompts: list[str] | None, s: Scorer, rng: np.random.Generator,
                        feats: np.ndarray, alignment: bool = True, memorisation: bool = True,
                        first: np.ndarray | None = None, inverse: np.ndarray | None = None,
-                       x_unique: torch.Tensor | None = None) -> dict[str, np.ndarray]:
-    """Metrics defined per sample (alignment, memorisation): metric -> (N,) values, NaN = not applicable.
+                       x_unique: torch.Tensor | None = None) -> tuple[dict[str, np.ndarray], dict[str, AttributeCalls]]:
+    """Metrics defined per sample (alignment, memorisation): metric -> (N,) values, NaN = not applicable,
+    and for the attribute accuracies what was asked and what was called (for the prompt-shuffled chance
+    and the per-class table).
     ``first``/``inverse`` map distinct images to samples (from ``np.unique``) so each is measured once."""
     from spritegen.data.colour import measure_colours
 
     if first is None:
         first, inverse = np.arange(len(images)), np.arange(len(images))
     per: dict[str, np.ndarray] = {}
+    attrs: dict[str, AttributeCalls] = {}
     if alignment and prompts is not None and s.align is not None:
         if s.align is s.backend:
             img_emb = feats
@@ -202,22 +219,22 @@ def per_sample_metrics(images: np.ndarray, prompts: list[str] | None, s: Scorer,
         per["clip_score"] = M.clip_scores(img_emb, s.text_pool_emb[true])
         if len(s.text_pool) >= 2:
             per["r_precision"] = M.r_precision_hits(img_emb, s.text_pool_emb, true, s.cfg.r_precision_candidates, rng)
-        want_colour = [M.parse_colour(p, COLOUR_NAMES) for p in prompts]
+        want_colour = [(c,) if (c := M.parse_colour(p, COLOUR_NAMES)) else () for p in prompts]
         want_types = [M.parse_types(p, TYPES) for p in prompts]
         measured_u = [measure_colours(np.ascontiguousarray(im.transpose(1, 2, 0)))[0] for im in images[first]]
-        measured = [measured_u[i] for i in inverse]
-        per["attr_colour_acc_pixels"] = np.array([np.nan if w is None else float(m == w) for w, m in zip(want_colour, measured)])
         zc = M.zero_shot_predict(img_emb, s.colour_emb)
-        per["attr_colour_acc_evaluator"] = np.array([np.nan if w is None else float(COLOUR_NAMES[z] == w) for w, z in zip(want_colour, zc)])
         zt = M.zero_shot_predict(img_emb, s.type_emb)
-        per["attr_type_acc_evaluator"] = np.array([np.nan if not w else float(TYPES[z] in w) for w, z in zip(want_types, zt)])
+        attrs["attr_colour_acc_pixels"] = AttributeCalls(want_colour, [measured_u[i] for i in inverse], COLOUR_NAMES)
+        attrs["attr_colour_acc_evaluator"] = AttributeCalls(want_colour, [COLOUR_NAMES[z] for z in zc], COLOUR_NAMES)
+        attrs["attr_type_acc_evaluator"] = AttributeCalls(want_types, [TYPES[z] for z in zt], TYPES)
+        per.update({name: np.diagonal(a.hits).copy() for name, a in attrs.items()})
     if memorisation:
         # a mirrored copy is a copy too (training used flips): the distance is the smaller of the two
         d, _ = M.nearest_distances(M.pixel_vectors(images[first]), s.memo_pixels)
         d_flip, _ = M.nearest_distances(M.pixel_vectors(images[first][..., ::-1]), s.memo_pixels)
         per["nn_train_distance"] = np.minimum(d, d_flip)[inverse]
         per["near_copy_fraction"] = (per["nn_train_distance"] < s.cfg.near_copy_threshold).astype(np.float64)
-    return per
+    return per, attrs
 
 
 def encode(images: np.ndarray, prompts: list[str] | None, groups: list[str] | None, s: Scorer,
@@ -239,13 +256,13 @@ def encode(images: np.ndarray, prompts: list[str] | None, groups: list[str] | No
     rgb = images.transpose(0, 2, 3, 1).astype(np.uint32)
     codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]  # (N, H, W)
     colours = [np.unique(c) for c in codes]
-    per = per_sample_metrics(images, prompts, s, rng, feats, alignment, memorisation, first, inverse, x)
+    per, attrs = per_sample_metrics(images, prompts, s, rng, feats, alignment, memorisation, first, inverse, x)
     keys = groups if groups is not None else (prompts if prompts is not None else [str(i) for i in range(n)])
     key_codes = {k: i for i, k in enumerate(dict.fromkeys(keys))}
     return Encoded(images=images, feats=feats, groups=np.array([key_codes[k] for k in keys]),
                    feat_dist=M.pairwise_distances(feats), percep_d2=percep_d2, colours=colours, per_sample=per,
                    ref_dist=M.pairwise_distances(s.ref_feats, feats), k_self=M.poly_kernel(feats, feats),
-                   k_ref=M.poly_kernel(feats, s.ref_feats))
+                   k_ref=M.poly_kernel(feats, s.ref_feats), attributes=attrs)
 
 
 def _pair_mean(matrix: np.ndarray, idx: np.ndarray, pairs: np.ndarray) -> float:
@@ -319,12 +336,22 @@ def score_set(e: Encoded, s: Scorer, rng: np.random.Generator, real_stats: dict 
     for name, v in e.per_sample.items():
         point[name] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
     out = {name: {"value": v, "ci95": None} for name, v in point.items()}
+    # an attribute accuracy is read against the same images under shuffled prompts (M.shuffled_chance);
+    # the permutation test draws from its own generator so the other metrics' random streams stay put
+    perm_rng = np.random.default_rng([s.cfg.seed, 1])
+    for name, a in e.attributes.items():
+        chance = M.shuffled_chance(a.hits)
+        out[name]["chance"] = chance
+        out[name]["lift"] = {"value": point[name] - chance, "ci95": None, "p_value": M.shuffle_test(a.hits, perm_rng)}
     if bootstrap > 0 and n >= 2:
         idx_list = [rng.integers(0, n, size=n) for _ in range(bootstrap)]
         reps = [set_metrics(e, idx, s, rng, real_stats, kid_subsets=10) for idx in idx_list]
         for idx, r in zip(idx_list, reps):
             for name, v in e.per_sample.items():
                 r[name] = float(np.nanmean(v[idx])) if np.isfinite(v[idx]).any() else float("nan")
+        for name, a in e.attributes.items():
+            lifts = [r[name] - M.shuffled_chance(a.hits, idx) for idx, r in zip(idx_list, reps)]
+            out[name]["lift"]["ci95"] = M.interval_from_replicates(lifts, out[name]["lift"]["value"])
         for name in out:
             if name == "fd_inf":
                 continue
@@ -370,8 +397,10 @@ def evaluate_images(generated: np.ndarray, prompts: list[str] | None, real: Real
     floor_fid["collapse_score"]["value"] = set_metrics(e_floor, np.arange(m), s, rng, real_stats, 10)["collapse_score"]
     floor_held = {}
     if real.reference_prompts is not None:
-        per = per_sample_metrics(real.reference, real.reference_prompts, s, rng, s.ref_feats)
+        per, floor_attrs = per_sample_metrics(real.reference, real.reference_prompts, s, rng, s.ref_feats)
         floor_held = {k: {"value": float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")} for k, v in per.items()}
+        for k, a in floor_attrs.items():  # real sprites have a shuffled chance too: their lift is the most to expect
+            floor_held[k]["chance"] = M.shuffled_chance(a.hits)
 
     say(f"generated: {n} images")
     e_gen = encode(generated, prompts, None, s, rng)
@@ -402,6 +431,11 @@ def evaluate_images(generated: np.ndarray, prompts: list[str] | None, real: Real
         }
         if name == "r_precision":
             entry["chance"] = 1 / min(cfg.r_precision_candidates, len(s.text_pool))
+        if "chance" in gen[name]:  # attribute accuracies: the prompt-shuffled chance and the lift above it
+            entry["chance"], entry["lift"] = gen[name]["chance"], gen[name]["lift"]
+            entry["floor_chance"] = floor_src.get(name, {}).get("chance")
+            a = e_gen.attributes[name]
+            entry["per_class"] = M.per_class_following(a.wanted, a.predicted, a.classes)
         out_metrics[name] = entry
     by_split = {}
     if splits is not None:

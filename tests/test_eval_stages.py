@@ -161,6 +161,15 @@ def test_floors_and_baselines_read_as_expected(scored):
     # held-out sprites have the colour their prompt names (the labels were measured from pixels)
     assert m["attr_colour_acc_pixels"]["floor"] > 0.9
     assert m["r_precision"]["chance"] == pytest.approx(1 / 10)
+    # attribute accuracies carry their prompt-shuffled chance, the lift above it and the real sprites' chance
+    for name in ("attr_colour_acc_pixels", "attr_colour_acc_evaluator", "attr_type_acc_evaluator"):
+        a = m[name]
+        assert a["lift"]["value"] == pytest.approx(a["value"] - a["chance"]) and 0 < a["lift"]["p_value"] <= 1
+        assert a["lift"]["ci95"][0] <= a["lift"]["value"] <= a["lift"]["ci95"][1]
+        assert 0 <= a["floor_chance"] <= 1
+        assert all(0 <= c["called"] <= 1 and c["lift"] == pytest.approx(c["called"] - c["share"]) for c in a["per_class"].values())
+    # these "generated" images are the held-out sprites under their own prompts: colour is followed
+    assert m["attr_colour_acc_pixels"]["lift"]["value"] > 0.5
     assert scored["collapse"]["band"] in ("healthy", "warning", "collapsed", "critical")
     # the suite's fast paths equal the pure functions
     from spritegen.evaluate import metrics as M
@@ -198,6 +207,8 @@ def test_stage_mode_reference_evaluate_report(workspace, monkeypatch):
     summary = json.loads(Path("metrics/summary.json").read_text())
     assert set(summary["families"]) == {"good", "gray", "mirror"} and summary["comparable"]
     assert "| fd |" in Path("metrics/summary.md").read_text() and Path("plots/report/summary.png").exists()
+    summary_md = Path("metrics/summary.md").read_text()
+    assert "| good | attr_colour_acc_pixels |" in summary_md and "- good `attr_type_acc_evaluator`:" in summary_md
 
 
 def test_stage_mode_is_deterministic(workspace, monkeypatch):
