@@ -60,8 +60,8 @@ def test_data_stages_reproduce_and_are_clean(repo_copy):
 
 def test_whole_pipeline_tiny(repo_copy):
     _run(["dvc", "repro"], repo_copy)
-    for path in ["models/ldm/finetune", "samples/ldm/prompts.jsonl", "metrics/ldm.json", "metrics/summary.json",
-                 "metrics/evaluator.json"]:
+    for path in ["models/ldm/finetune", "samples/ldm/prompts.jsonl", "samples/ldm_vae/prompts.jsonl", "metrics/ldm.json",
+                 "metrics/ldm_vae.json", "metrics/summary.json", "metrics/evaluator.json"]:
         assert (repo_copy / path).exists(), path
     assert "up to date" in _run(["dvc", "status"], repo_copy).stdout
     shown = _run(["dvc", "metrics", "show"], repo_copy).stdout
