@@ -75,7 +75,7 @@ class Phase:
 
 @dataclass
 class StageEpochs:
-    vae: int = field(default=40, metadata={"ge": 1, "doc": "epochs of the vae stage (named strategies)"})
+    vae: int = field(default=80, metadata={"ge": 1, "doc": "epochs of the vae stage (named strategies)"})
     unet: int = field(default=80, metadata={"ge": 1, "doc": "epochs of the unet stage (named strategies)"})
     finetune: int = field(default=2, metadata={"ge": 1, "doc": "epochs of the finetune stage (named strategies)"})
 
