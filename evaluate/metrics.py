@@ -247,28 +247,39 @@ def zero_shot_predict(image_emb: np.ndarray, class_text_emb: np.ndarray) -> np.n
     return (l2_normalise(image_emb) @ l2_normalise(class_text_emb).T).argmax(1)
 
 
-def attribute_hits(wanted: Sequence[Sequence[str]], predicted: Sequence[str | None],
-                   classes: Sequence[str]) -> np.ndarray:
-    """``H (N, N)``: ``H[i, j]`` = 1 when image j's predicted class is one prompt i asks for, NaN rows for
-    prompts that ask for none. The diagonal is each sample's own hit; the rest is what its prediction
-    would score under every other prompt (the prompt-shuffled chance, ``shuffled_chance``)."""
+def attribute_codes(wanted: Sequence[Sequence[str]], predicted: Sequence[str | None],
+                    classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(want, pred)``: ``want (N, C+1)`` 0/1, row i = the classes prompt i asks for; ``pred (N,)`` the
+    index of the class each image is called (C: a class outside ``classes``, which no prompt asks for).
+    Image j scores ``want[i, pred[j]]`` under prompt i: its own hit at j = i, the shuffled chance over all
+    j. Linear in N: the N x N table of hits is never built."""
     index = {c: k for k, c in enumerate(classes)}
-    want = np.zeros((len(wanted), len(classes) + 1))  # the last column: a prediction outside `classes`
+    want = np.zeros((len(wanted), len(classes) + 1))
     for i, w in enumerate(wanted):
         want[i, [index[c] for c in w if c in index]] = 1.0
-    pred = np.array([index.get(p, len(classes)) if p is not None else len(classes) for p in predicted])
-    hits = want[:, pred]
-    hits[want.sum(1) == 0] = np.nan
-    return hits
+    pred = np.array([index.get(p, len(classes)) if p is not None else len(classes) for p in predicted], dtype=np.int64)
+    return want, pred
 
 
-def shuffled_chance(hits: np.ndarray, idx: np.ndarray | None = None) -> float:
+def attribute_hits(want: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Each sample's own hit ``(N,)``: 1 when its image is called a class its prompt asks for, NaN when
+    the prompt asks for none (not scored)."""
+    hit = want[np.arange(len(pred)), pred]
+    return np.where(want.sum(1) > 0, hit, np.nan)
+
+
+def shuffled_chance(want: np.ndarray, pred: np.ndarray, idx: np.ndarray | None = None) -> float:
     """Expected accuracy of the same images under randomly re-paired prompts: the chance level of a
     generator that draws exactly these images but ignores its prompt. Unlike 1/classes it accounts for
-    the scorer's bias (a scorer that calls most images "water" gives water prompts free hits)."""
-    sub = hits if idx is None else hits[np.ix_(idx, idx)]
-    rows = np.isfinite(sub[:, 0])
-    return float(sub[rows].mean()) if rows.any() else float("nan")
+    the scorer's bias (a scorer that calls most images "water" gives water prompts free hits).
+    ``idx`` (a bootstrap resample) selects prompts and images together."""
+    if idx is not None:
+        want, pred = want[idx], pred[idx]
+    rows = want.sum(1) > 0
+    if not rows.any():
+        return float("nan")
+    share = np.bincount(pred, minlength=want.shape[1]) / len(pred)  # how often each class is called
+    return float((want[rows] @ share).mean())
 
 
 def per_class_following(wanted: Sequence[Sequence[str]], predicted: Sequence[str | None],
@@ -287,17 +298,21 @@ def per_class_following(wanted: Sequence[Sequence[str]], predicted: Sequence[str
     return out
 
 
-def shuffle_test(hits: np.ndarray, rng: np.random.Generator, n_perm: int = 2000) -> float:
+def shuffle_test(want: np.ndarray, pred: np.ndarray, rng: np.random.Generator, n_perm: int = 2000,
+                 chunk: int = 250) -> float:
     """One-sided permutation p-value that the prompts are followed: the share of random re-pairings of
-    prompts and images that score at least the observed accuracy (the add-one estimate, never 0)."""
-    rows = np.flatnonzero(np.isfinite(hits[:, 0]))
+    prompts and images that score at least the observed accuracy (the add-one estimate, never 0).
+    Permutations are drawn ``chunk`` at a time, so memory stays at chunk x N."""
+    rows = np.flatnonzero(want.sum(1) > 0)
     if len(rows) == 0:
         return float("nan")
-    observed = hits[rows, rows].mean()
-    n = len(hits)
-    perms = np.stack([rng.permutation(n) for _ in range(n_perm)])  # (P, N)
-    null = hits[rows[None, :], perms[:, rows]].mean(1)
-    return float((1 + (null >= observed - 1e-12).sum()) / (1 + n_perm))
+    observed = want[rows, pred[rows]].mean()
+    n, at_least = len(pred), 0
+    for start in range(0, n_perm, chunk):
+        perms = np.stack([rng.permutation(n) for _ in range(min(chunk, n_perm - start))])  # (P, N)
+        null = want[rows[None, :], pred[perms[:, rows]]].mean(1)
+        at_least += int((null >= observed - 1e-12).sum())
+    return float((1 + at_least) / (1 + n_perm))
 
 
 def retrieval_recall(image_emb: np.ndarray, text_emb: np.ndarray, ks: Sequence[int] = (1, 5)) -> dict[str, float]:

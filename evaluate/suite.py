@@ -163,10 +163,11 @@ class AttributeCalls:
     wanted: list[tuple[str, ...]]  # per sample: the classes its prompt names (empty: not scored)
     predicted: list[str | None]  # per sample: the class the scorer gives its image
     classes: tuple[str, ...]
-    hits: np.ndarray = field(init=False)  # (N, N) M.attribute_hits: each image's call under every prompt
+    want: np.ndarray = field(init=False)  # M.attribute_codes: (N, C+1) asked-for classes
+    pred: np.ndarray = field(init=False)  # (N,) index of the class each image is called
 
     def __post_init__(self):
-        self.hits = M.attribute_hits(self.wanted, self.predicted, self.classes)
+        self.want, self.pred = M.attribute_codes(self.wanted, self.predicted, self.classes)
 
 
 @dataclass
@@ -227,7 +228,7 @@ def per_sample_metrics(images: np.ndarray, prompts: list[str] | None, s: Scorer,
         attrs["attr_colour_acc_pixels"] = AttributeCalls(want_colour, [measured_u[i] for i in inverse], COLOUR_NAMES)
         attrs["attr_colour_acc_evaluator"] = AttributeCalls(want_colour, [COLOUR_NAMES[z] for z in zc], COLOUR_NAMES)
         attrs["attr_type_acc_evaluator"] = AttributeCalls(want_types, [TYPES[z] for z in zt], TYPES)
-        per.update({name: np.diagonal(a.hits).copy() for name, a in attrs.items()})
+        per.update({name: M.attribute_hits(a.want, a.pred) for name, a in attrs.items()})
     if memorisation:
         # a mirrored copy is a copy too (training used flips): the distance is the smaller of the two
         d, _ = M.nearest_distances(M.pixel_vectors(images[first]), s.memo_pixels)
@@ -340,9 +341,9 @@ def score_set(e: Encoded, s: Scorer, rng: np.random.Generator, real_stats: dict 
     # the permutation test draws from its own generator so the other metrics' random streams stay put
     perm_rng = np.random.default_rng([s.cfg.seed, 1])
     for name, a in e.attributes.items():
-        chance = M.shuffled_chance(a.hits)
+        chance = M.shuffled_chance(a.want, a.pred)
         out[name]["chance"] = chance
-        out[name]["lift"] = {"value": point[name] - chance, "ci95": None, "p_value": M.shuffle_test(a.hits, perm_rng)}
+        out[name]["lift"] = {"value": point[name] - chance, "ci95": None, "p_value": M.shuffle_test(a.want, a.pred, perm_rng)}
     if bootstrap > 0 and n >= 2:
         idx_list = [rng.integers(0, n, size=n) for _ in range(bootstrap)]
         reps = [set_metrics(e, idx, s, rng, real_stats, kid_subsets=10) for idx in idx_list]
@@ -350,7 +351,7 @@ def score_set(e: Encoded, s: Scorer, rng: np.random.Generator, real_stats: dict 
             for name, v in e.per_sample.items():
                 r[name] = float(np.nanmean(v[idx])) if np.isfinite(v[idx]).any() else float("nan")
         for name, a in e.attributes.items():
-            lifts = [r[name] - M.shuffled_chance(a.hits, idx) for idx, r in zip(idx_list, reps)]
+            lifts = [r[name] - M.shuffled_chance(a.want, a.pred, idx) for idx, r in zip(idx_list, reps)]
             out[name]["lift"]["ci95"] = M.interval_from_replicates(lifts, out[name]["lift"]["value"])
         for name in out:
             if name == "fd_inf":
@@ -400,7 +401,7 @@ def evaluate_images(generated: np.ndarray, prompts: list[str] | None, real: Real
         per, floor_attrs = per_sample_metrics(real.reference, real.reference_prompts, s, rng, s.ref_feats)
         floor_held = {k: {"value": float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")} for k, v in per.items()}
         for k, a in floor_attrs.items():  # real sprites have a shuffled chance too: their lift is the most to expect
-            floor_held[k]["chance"] = M.shuffled_chance(a.hits)
+            floor_held[k]["chance"] = M.shuffled_chance(a.want, a.pred)
 
     say(f"generated: {n} images")
     e_gen = encode(generated, prompts, None, s, rng)

@@ -185,40 +185,49 @@ def test_prompt_attribute_parsing():
     assert M.parse_types("blue, water", types) == ("water",)
 
 
-def test_attribute_hits_hold_each_images_prediction_under_every_prompt():
+def test_attribute_codes_score_each_image_under_every_prompt():
     classes = ("fire", "water", "grass")
     wanted = [("fire",), ("water", "grass"), (), ("grass",)]
     predicted = ["fire", "grass", "water", "electric"]  # "electric" is outside the classes: never a hit
-    h = M.attribute_hits(wanted, predicted, classes)
-    assert h.shape == (4, 4)
-    assert np.isnan(h[2]).all()  # a prompt that asks for no class is not scored
-    assert list(np.diagonal(h)[[0, 1, 3]]) == [1, 1, 0]  # own hits: fire=fire, grass in {water, grass}, electric
-    assert list(h[1]) == [0, 1, 1, 0]  # the water-or-grass prompt under each image's prediction
-    assert M.shuffled_chance(h) == pytest.approx((1 + 2 + 1) / 12)
+    want, pred = M.attribute_codes(wanted, predicted, classes)
+    own = M.attribute_hits(want, pred)
+    assert np.isnan(own[2])  # a prompt that asks for no class is not scored
+    assert list(own[[0, 1, 3]]) == [1, 1, 0]  # fire = fire, grass in {water, grass}, electric
+    assert list(want[1, pred]) == [0, 1, 1, 0]  # the water-or-grass prompt under each image's call
+    # the shuffled chance is the mean of that table over scored prompts and all images
+    table = want[:, pred][[0, 1, 3]]
+    assert M.shuffled_chance(want, pred) == pytest.approx(table.mean()) == pytest.approx((1 + 2 + 1) / 12)
 
 
 def test_shuffled_chance_gives_a_prompt_ignoring_generator_no_lift():
     rng = np.random.default_rng(3)
     types = ("fire", "water", "grass", "bug")
     wanted = [(t,) for t in rng.choice(types, size=300, p=[0.2, 0.4, 0.2, 0.2])]
+
+    def score(predicted):
+        want, pred = M.attribute_codes(wanted, predicted, types)
+        return want, pred, float(np.nanmean(M.attribute_hits(want, pred)))
+
     # always "water": it scores the water share of the prompts (about 0.4, far above 1/4) and that is its
     # chance too, so its lift is 0 and the permutation test finds nothing
-    always = M.attribute_hits(wanted, ["water"] * 300, types)
-    acc = np.nanmean(np.diagonal(always))
-    assert acc > 0.3 and M.shuffled_chance(always) == pytest.approx(acc)
-    assert M.shuffle_test(always, rng, n_perm=200) == 1.0
+    want, pred, acc = score(["water"] * 300)
+    assert acc > 0.3 and M.shuffled_chance(want, pred) == pytest.approx(acc)
+    assert M.shuffle_test(want, pred, rng, n_perm=200) == 1.0
     # images that ignore the prompt but vary: lift near 0, p not small
-    ignore = M.attribute_hits(wanted, list(rng.choice(types, size=300)), types)
-    assert abs(np.nanmean(np.diagonal(ignore)) - M.shuffled_chance(ignore)) < 0.08
-    assert M.shuffle_test(ignore, rng, n_perm=200) > 0.01
+    want, pred, acc = score(list(rng.choice(types, size=300)))
+    assert abs(acc - M.shuffled_chance(want, pred)) < 0.08
+    p_value = M.shuffle_test(want, pred, np.random.default_rng(5), n_perm=200)
+    assert p_value > 0.01
+    # drawing the permutations in chunks draws the same ones
+    assert M.shuffle_test(want, pred, np.random.default_rng(5), n_perm=200, chunk=7) == p_value
     # an oracle: accuracy 1, chance = sum of squared class shares, p at its floor 1/(1 + n_perm)
-    oracle = M.attribute_hits(wanted, [w[0] for w in wanted], types)
+    want, pred, acc = score([w[0] for w in wanted])
     shares = np.array([sum(w[0] == t for w in wanted) for t in types]) / 300
-    assert np.nanmean(np.diagonal(oracle)) == 1 and M.shuffled_chance(oracle) == pytest.approx((shares ** 2).sum())
-    assert M.shuffle_test(oracle, rng, n_perm=200) == pytest.approx(1 / 201)
-    # a bootstrap index of the samples selects rows and columns together
+    assert acc == 1 and M.shuffled_chance(want, pred) == pytest.approx((shares ** 2).sum())
+    assert M.shuffle_test(want, pred, rng, n_perm=200) == pytest.approx(1 / 201)
+    # a bootstrap index of the samples selects prompts and images together
     idx = np.array([0, 0, 5, 9])
-    assert M.shuffled_chance(oracle, idx) == pytest.approx(np.nanmean(oracle[np.ix_(idx, idx)]))
+    assert M.shuffled_chance(want, pred, idx) == pytest.approx(want[idx][:, pred[idx]].mean())
 
 
 def test_per_class_following_separates_followed_ignored_and_unmeasured_classes():
