@@ -282,19 +282,19 @@ def shuffled_chance(want: np.ndarray, pred: np.ndarray, idx: np.ndarray | None =
     return float((want[rows] @ share).mean())
 
 
-def per_class_following(wanted: Sequence[Sequence[str]], predicted: Sequence[str | None],
-                        classes: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Per class that some prompt asks for: ``n`` such prompts, ``called`` the share of their images the
-    scorer calls that class, ``share`` the share of *all* images it calls that class, and ``lift`` =
-    called − share (0 for a class the generator ignores). A class the scorer never names anywhere has
-    called = share = 0: that class is not measured, rather than not followed."""
-    pred = np.array([p if p is not None else "" for p in predicted])
+def per_class_following(want: np.ndarray, pred: np.ndarray, classes: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per class that some prompt asks for (``want``, ``pred`` from ``attribute_codes``): ``n`` such
+    prompts, ``called`` the share of their images the scorer calls that class, ``share`` the share of
+    *all* images it calls that class, and ``lift`` = called − share (0 for a class the generator ignores).
+    A class the scorer never names anywhere has called = share = 0: it is not measured, rather than not
+    followed."""
+    shares = np.bincount(pred, minlength=want.shape[1]) / len(pred)
     out = {}
-    for c in classes:
-        rows = [i for i, w in enumerate(wanted) if c in w]
-        if rows:
-            called, share = float(np.mean(pred[rows] == c)), float(np.mean(pred == c))
-            out[c] = {"n": len(rows), "called": called, "share": share, "lift": called - share}
+    for k, c in enumerate(classes):
+        rows = want[:, k] > 0
+        if rows.any():
+            called, share = float(np.mean(pred[rows] == k)), float(shares[k])
+            out[c] = {"n": int(rows.sum()), "called": called, "share": share, "lift": called - share}
     return out
 
 

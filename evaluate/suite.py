@@ -158,16 +158,15 @@ class Scorer:
 
 @dataclass
 class AttributeCalls:
-    """One attribute accuracy's raw material: what each prompt asks for, what each image was called."""
+    """One attribute accuracy's raw material, as ``M.attribute_codes`` gives it."""
 
-    wanted: list[tuple[str, ...]]  # per sample: the classes its prompt names (empty: not scored)
-    predicted: list[str | None]  # per sample: the class the scorer gives its image
+    want: np.ndarray  # (N, C+1) 0/1: the classes each sample's prompt asks for (none: not scored)
+    pred: np.ndarray  # (N,) index of the class the scorer calls each sample's image
     classes: tuple[str, ...]
-    want: np.ndarray = field(init=False)  # M.attribute_codes: (N, C+1) asked-for classes
-    pred: np.ndarray = field(init=False)  # (N,) index of the class each image is called
 
-    def __post_init__(self):
-        self.want, self.pred = M.attribute_codes(self.wanted, self.predicted, self.classes)
+    @classmethod
+    def of(cls, wanted: list[tuple[str, ...]], predicted: list[str | None], classes: tuple[str, ...]) -> "AttributeCalls":
+        return cls(*M.attribute_codes(wanted, predicted, classes), classes)
 
 
 @dataclass
@@ -225,9 +224,9 @@ def per_sample_metrics(images: np.ndarray, prompts: list[str] | None, s: Scorer,
         measured_u = [measure_colours(np.ascontiguousarray(im.transpose(1, 2, 0)))[0] for im in images[first]]
         zc = M.zero_shot_predict(img_emb, s.colour_emb)
         zt = M.zero_shot_predict(img_emb, s.type_emb)
-        attrs["attr_colour_acc_pixels"] = AttributeCalls(want_colour, [measured_u[i] for i in inverse], COLOUR_NAMES)
-        attrs["attr_colour_acc_evaluator"] = AttributeCalls(want_colour, [COLOUR_NAMES[z] for z in zc], COLOUR_NAMES)
-        attrs["attr_type_acc_evaluator"] = AttributeCalls(want_types, [TYPES[z] for z in zt], TYPES)
+        attrs["attr_colour_acc_pixels"] = AttributeCalls.of(want_colour, [measured_u[i] for i in inverse], COLOUR_NAMES)
+        attrs["attr_colour_acc_evaluator"] = AttributeCalls.of(want_colour, [COLOUR_NAMES[z] for z in zc], COLOUR_NAMES)
+        attrs["attr_type_acc_evaluator"] = AttributeCalls.of(want_types, [TYPES[z] for z in zt], TYPES)
         per.update({name: M.attribute_hits(a.want, a.pred) for name, a in attrs.items()})
     if memorisation:
         # a mirrored copy is a copy too (training used flips): the distance is the smaller of the two
@@ -436,7 +435,7 @@ def evaluate_images(generated: np.ndarray, prompts: list[str] | None, real: Real
             entry["chance"], entry["lift"] = gen[name]["chance"], gen[name]["lift"]
             entry["floor_chance"] = floor_src.get(name, {}).get("chance")
             a = e_gen.attributes[name]
-            entry["per_class"] = M.per_class_following(a.wanted, a.predicted, a.classes)
+            entry["per_class"] = M.per_class_following(a.want, a.pred, a.classes)
         out_metrics[name] = entry
     by_split = {}
     if splits is not None:

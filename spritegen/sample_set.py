@@ -123,11 +123,17 @@ def _reconstructor(family: str, model_dir: Path, prepared: Path, device: str):
     if ldm.vae is None:
         raise UserError(f"{model_dir} holds no VAE: point at a vae, unet or finetune stage output")
     ldm = ldm.to(pick_device(device))
+    real = sprites_by_id(prepared)
+    return lambda batch: reconstruct_images(ldm, torch.stack([real[it.record.id] for it in batch]), [it.prompt for it in batch])
+
+
+def sprites_by_id(prepared: Path) -> dict:
+    """Every prepared sprite (uint8 (3, R, R)) by its record id, over all splits."""
     real = {}
     for split in ("train", "val", "test"):
         s = load_split(prepared, split)
         real.update(zip((r.id for r in s.records), s.images))
-    return lambda batch: reconstruct_images(ldm, torch.stack([real[it.record.id] for it in batch]), [it.prompt for it in batch])
+    return real
 
 
 def reconstruct_images(ldm, images, prompts: list[str], batch_size: int = 32):

@@ -236,7 +236,7 @@ def test_per_class_following_separates_followed_ignored_and_unmeasured_classes()
     # fire prompts give fire; water prompts give grass as often as anything else does; nothing is ever
     # called water (the scorer never names it), so water is not measured, not "not followed"
     predicted = ["fire"] * 4 + ["grass", "fire", "grass", "fire"] + ["grass", "fire"]
-    per = M.per_class_following(wanted, predicted, classes)
+    per = M.per_class_following(*M.attribute_codes(wanted, predicted, classes), classes)
     assert per["fire"] == {"n": 4, "called": 1.0, "share": 0.7, "lift": pytest.approx(0.3)}
     assert per["water"]["n"] == 6 and per["water"]["share"] == 0 and per["water"]["lift"] == 0
     assert per["grass"]["n"] == 2 and per["grass"]["called"] == 0.5 and per["grass"]["lift"] == pytest.approx(0.5 - 0.3)

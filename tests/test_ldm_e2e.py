@@ -2,6 +2,7 @@
 equality, the NaN guard inside the loop and the pretrained text-encoder path."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,9 +100,8 @@ def test_sample_set_reconstruct_writes_the_vae_ceiling(workdir, monkeypatch):
     prompts (same files, same order), so `spritegen evaluate --family ldm_vae` scores the decoder's ceiling."""
     import json
 
-    from spritegen.data.dataset import load_split
     from spritegen.ldm.models import load_bundle
-    from spritegen.sample_set import reconstruct_images
+    from spritegen.sample_set import reconstruct_images, sprites_by_id
 
     monkeypatch.chdir(workdir)
     assert cli(["sample-set", "--family", "ldm", "--preset", "tiny"]) == 0
@@ -109,10 +109,7 @@ def test_sample_set_reconstruct_writes_the_vae_ceiling(workdir, monkeypatch):
     rows = [json.loads(x) for x in (workdir / "samples/ldm_vae/prompts.jsonl").read_text().splitlines()]
     sampled = [json.loads(x) for x in (workdir / "samples/ldm/prompts.jsonl").read_text().splitlines()]
     assert [(r["prompt"], r["record_id"]) for r in rows] == [(r["prompt"], r["record_id"]) for r in sampled]
-    real = {}
-    for split in ("train", "val", "test"):
-        s = load_split("data/prepared", split)
-        real.update(zip((r.id for r in s.records), s.images))
+    real = sprites_by_id(Path("data/prepared"))
     first = np.asarray(Image.open(workdir / "samples/ldm_vae" / rows[0]["file"])).transpose(2, 0, 1)
     expect = reconstruct_images(load_bundle("models/ldm/vae"), real[rows[0]["record_id"]][None], [rows[0]["prompt"]])[0]
     assert np.abs(first.astype(int) - expect.numpy().astype(int)).max() <= 1  # that very sprite's reconstruction
