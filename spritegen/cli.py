@@ -6,7 +6,8 @@ so ``spritegen --help`` stays fast and each procedure keeps a single entry point
     spritegen data fetch [--source pokemon|pokesprite|folder] [--path DIR] [--descriptions FILE]
     spritegen data stats
     spritegen metadata | prepare                       # DVC stages
-    spritegen train ldm --stage text|vae|unet|finetune # DVC stages of the latent diffusion family
+    spritegen train text                               # DVC stage: the text encoder every family reads
+    spritegen train ldm --stage vae|unet|finetune      # DVC stages of the latent diffusion family
     spritegen sample "PROMPT" --n 8 --seed 0 --out grid.png
     spritegen evaluate --generated DIR --reference DIR [--prompts FILE]
     spritegen gate --baseline REV|FILE [--current metrics]   # exit 1: regressed, 2: cannot compare
@@ -79,16 +80,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("data/prepared"))
     p.set_defaults(run=_dispatch("spritegen.data.prepare:main"))
 
-    train = sub.add_parser("train", help="stage: train a generator family").add_subparsers(dest="family", required=True)
-    p = train.add_parser("ldm", help="latent diffusion: text encoder, VAE, U-Net, fine-tune")
+    train = sub.add_parser("train", help="stage: train the text encoder or a generator family").add_subparsers(dest="family", required=True)
+    p = train.add_parser("text", help="the tokenizer + text encoder every family reads (MLM offline, or a local pretrained one)")
     _params_args(p)
-    p.add_argument("--stage", required=True, choices=["text", "vae", "unet", "finetune"])
     p.add_argument("--data", type=Path, default=Path("data/prepared"))
+    p.add_argument("--out", type=Path, default=Path("models/text"))
+    p.add_argument("--dry-run", action="store_true", help="print the resolved params and stop")
+    p.set_defaults(run=_dispatch("spritegen.text.train:main"))
+
+    p = train.add_parser("ldm", help="latent diffusion: VAE, U-Net, fine-tune",
+                         description="An interrupted run (killed, --stop-after) continues when the same command runs again "
+                                     "with the same params, code and inputs; its result equals an uninterrupted run's.")
+    _params_args(p)
+    p.add_argument("--stage", required=True, choices=["vae", "unet", "finetune"])
+    p.add_argument("--data", type=Path, default=Path("data/prepared"))
+    p.add_argument("--text", type=Path, default=Path("models/text"), help="the text stage's output (the vae stage starts from it)")
     p.add_argument("--out", type=Path, default=Path("models/ldm"))
-    p.add_argument("--resume", action="store_true", help="resume from the stage's last checkpoint")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the stage's interrupted run even if params, code or inputs changed (a changed param is an error "
+                        "naming it, unless --allow-param-changes)")
+    p.add_argument("--allow-param-changes", action="store_true", help="with --resume: continue under the changed params, and say which")
+    p.add_argument("--fresh", action="store_true", help="discard an interrupted run's state and start from the beginning")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved params and phases and stop")
     p.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
-                   help="stop after this many epochs of this run (time-limited jobs); continue with --resume")
+                   help="stop after this many epochs of this run (time-limited jobs); the same command continues it")
     p.set_defaults(run=_dispatch("spritegen.ldm.train:main"))
 
     # --- sampling -----------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ PRESETS: dict[str, dict] = {
         "vae": {"block_out_channels": [8, 8, 8], "norm_num_groups": 4, "batch_size": 8},
         "unet": {"block_out_channels": [16, 32], "norm_num_groups": 8, "attention_head_dim": 8, "batch_size": 8},
         "ldm": {"stage_epochs": {"vae": 1, "unet": 2, "finetune": 1}},
+        "train": {"log_every": 2},
         "sample": {"steps": 4, "n_heldout_prompts": 4, "n_train_prompts": 4, "seeds_per_prompt": 1},
         "evaluator": {"image_size": 16, "patch_size": 4, "vision_layers": 1, "vision_width": 32,
                       "vision_head_width": 16, "text_layers": 1, "text_width": 32, "text_heads": 2,

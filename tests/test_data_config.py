@@ -123,12 +123,16 @@ def _write(tmp_path: Path, data: dict) -> Path:
 
 
 def test_params_file_errors_are_prefixed_with_the_section(tmp_path):
+    """A stage validates the sections it reads (and refuses unknown sections) before any work;
+    `spritegen params` (load_all) validates every section."""
     with pytest.raises(ConfigError, match=r"prepare.resolution: 2 must be >= 8"):
-        params.load_section("metadata", _write(tmp_path, {"prepare": {"resolution": 2}}))
+        params.load_section("prepare", _write(tmp_path, {"prepare": {"resolution": 2}}))
+    with pytest.raises(ConfigError, match=r"prepare.resolution: 2 must be >= 8"):
+        params.load_all(_write(tmp_path, {"prepare": {"resolution": 2}}))
     with pytest.raises(ConfigError, match=r"metadata: unknown key\(s\) \['promts_per_sprite'\]"):
-        params.load_section("prepare", _write(tmp_path, {"metadata": {"promts_per_sprite": 6}}))
+        params.load_all(_write(tmp_path, {"metadata": {"promts_per_sprite": 6}}))
     with pytest.raises(ConfigError, match=r"unknown section\(s\) \['preapre'\]"):
-        params.load_all(_write(tmp_path, {"preapre": {}}))
+        params.load_section("metadata", _write(tmp_path, {"preapre": {}}))
     with pytest.raises(ConfigError, match=r"prepare.background\[2\]"):
         params.load_all(_write(tmp_path, {"prepare": {"background": [0, 0, 256]}}))
 
@@ -141,11 +145,18 @@ def test_presets_are_valid(tmp_path, preset):
         assert sections["metadata"].limit and sections["prepare"].resolution <= 32
 
 
-@pytest.mark.parametrize("argv", [["metadata"], ["prepare"], ["data", "fetch"]])
-def test_stage_fails_on_bad_params_before_any_work(tmp_path, capsys, argv):
-    bad = _write(tmp_path, {"prepare": {"resample": "bogus"}})
+@pytest.mark.parametrize("argv, section, key, value", [
+    (["metadata"], "metadata", "prompts_per_sprite", 0),
+    (["prepare"], "prepare", "resample", "bogus"),
+    (["data", "fetch"], "data", "source", "bogus"),
+])
+def test_stage_fails_on_bad_params_before_any_work(tmp_path, capsys, argv, section, key, value):
+    """A stage validates the sections it reads before any work (and refuses unknown sections)."""
+    bad = _write(tmp_path, {section: {key: value}})
     out = tmp_path / "out"
     code = cli_main([*argv, "--params", str(bad), "--out", str(out)])
     assert code == 2
-    assert "prepare.resample: 'bogus' is not one of" in capsys.readouterr().err
+    assert f"{section}.{key}: " in capsys.readouterr().err
     assert not out.exists()  # nothing was written
+    code = cli_main([*argv, "--params", str(_write(tmp_path, {"evalute": {}})), "--out", str(out)])
+    assert code == 2 and "unknown section(s) ['evalute']" in capsys.readouterr().err and not out.exists()

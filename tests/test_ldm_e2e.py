@@ -26,30 +26,38 @@ def workdir(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
     write_prepared(root / "data/prepared", n_per_split=(24, 8, 8), resolution=16, seed=0)
-    for stage in ("text", "vae", "unet", "finetune"):
+    assert cli(["train", "text", "--preset", "tiny"]) == 0
+    for stage in ("vae", "unet", "finetune"):
         assert cli(["train", "ldm", "--stage", stage, "--preset", "tiny"]) == 0
     yield root
     mp.undo()
 
 
 def test_every_stage_writes_its_bundle(workdir):
-    for stage in ("text", "vae", "unet", "finetune"):
-        d = workdir / "models/ldm" / stage
+    from spritegen.checkpoint import load_config
+
+    for d in [workdir / "models/text", *(workdir / "models/ldm" / s for s in ("vae", "unet", "finetune"))]:
         assert (d / "model.safetensors").exists() and (d / "config.yaml").exists() and (d / "tokenizer").is_dir()
     ft = load_tensors(workdir / "models/ldm/finetune/model.safetensors")
     assert {k.split(".")[0] for k in ft} >= {"text", "vae", "unet", "unet_ema", "align"}
     for stage in ("vae", "unet", "finetune"):
-        assert (workdir / "models/ldm" / stage / "samples.png").exists()
-        assert (workdir / "models/ldm" / stage / "last" / "state.safetensors").exists()
-        assert (workdir / "models/ldm" / stage / "best" / "model.safetensors").exists()
-        assert (workdir / "models/ldm" / stage / "metrics.json").exists()
+        d = workdir / "models/ldm" / stage
+        for f in ("samples.png", "metrics.json", "history.csv", "curves.png", "best/model.safetensors"):
+            assert (d / f).exists(), f
+        config = load_config(d)
+        # self-describing: the params the stage read (and only those), and the threads / determinism it ran with
+        assert config["params"]["train"]["seed"] == 0 and config["run"]["threads"] >= 1 and config["run"]["deterministic"]
+        assert ("unet" in config["params"]) == (stage != "vae")
+    # the run state lived beside the outputs and is gone once the stage completed
+    assert not list((workdir / "models/ldm/.state").glob("*/last.json"))
     assert not any(workdir.glob("**/*.pt")) and not any(workdir.glob("**/*.pkl"))
 
 
 def test_dry_run_prints_and_trains_nothing(workdir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert cli(["train", "ldm", "--stage", "unet", "--preset", "tiny", "--dry-run"]) == 0
-    assert "phases:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "phases:" in err and "unet:" in err and "train:" in err
     assert not (tmp_path / "models").exists()
 
 
@@ -114,32 +122,102 @@ def test_sample_set_reconstruct_writes_the_vae_ceiling(workdir, monkeypatch):
     expect = reconstruct_images(load_bundle("models/ldm/vae"), real[rows[0]["record_id"]][None], [rows[0]["prompt"]])[0]
     assert np.abs(first.astype(int) - expect.numpy().astype(int)).max() <= 1  # that very sprite's reconstruction
     assert np.abs(first.astype(int) - real[rows[0]["record_id"]].numpy().astype(int)).max() > 1  # not the sprite copied
-    assert cli(["sample-set", "--family", "ldm", "--preset", "tiny", "--reconstruct", "--model", "models/ldm/text"]) == 2
+    assert cli(["sample-set", "--family", "ldm", "--preset", "tiny", "--reconstruct", "--model", "models/text"]) == 2
 
 
 def _tensors(path):
     return load_tensors(path)
 
 
+def _copy_upstream(workdir: Path, dst: Path, stages=("vae",)) -> None:
+    shutil.copytree(workdir / "models/text", dst / "models/text")
+    for stage in stages:
+        shutil.copytree(workdir / "models/ldm" / stage, dst / "models/ldm" / stage)
+
+
 def test_kill_and_resume_gives_the_same_weights(workdir, tmp_path, monkeypatch):
-    """unet stage (2 epochs): uninterrupted vs stopped after 1 epoch and resumed."""
+    """unet stage (2 epochs): uninterrupted vs stopped after 1 epoch and continued by the same command.
+    Weights, EMA, the loss history and the sample grid are equal, bit for bit."""
     monkeypatch.chdir(tmp_path)
     for name in ("a", "b"):
-        (tmp_path / name / "models/ldm").mkdir(parents=True)
-        for stage in ("text", "vae"):
-            shutil.copytree(workdir / "models/ldm" / stage, tmp_path / name / "models/ldm" / stage)
+        _copy_upstream(workdir, tmp_path / name)
     data = str(workdir / "data/prepared")
     base = ["train", "ldm", "--stage", "unet", "--preset", "tiny", "--data", data]
-    assert cli(base + ["--out", "a/models/ldm"]) == 0
-    assert cli(base + ["--out", "b/models/ldm", "--stop-after", "1"]) == 0
+    assert cli(base + ["--out", "a/models/ldm", "--text", "a/models/text"]) == 0
+    assert cli(base + ["--out", "b/models/ldm", "--text", "b/models/text", "--stop-after", "1"]) == 0
     assert not (tmp_path / "b/models/ldm/unet/model.safetensors").exists()  # stopped: no final bundle yet
-    assert '"epoch": 2' in (tmp_path / "b/models/ldm/unet/last/state.json").read_text()  # unet phase is [1, 3)
-    assert cli(base + ["--out", "b/models/ldm", "--resume"]) == 0
+    assert '"epoch": 1' in (tmp_path / "b/models/ldm/.state/unet/last-000000/state.json").read_text()
+    assert cli(base + ["--out", "b/models/ldm", "--text", "b/models/text"]) == 0  # the same command continues
     a = _tensors(tmp_path / "a/models/ldm/unet/model.safetensors")
     b = _tensors(tmp_path / "b/models/ldm/unet/model.safetensors")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    for f in ("history.csv", "metrics.json", "samples.png"):
+        assert (tmp_path / "a/models/ldm/unet" / f).read_bytes() == (tmp_path / "b/models/ldm/unet" / f).read_bytes(), f
+
+
+def test_resume_refuses_changed_params_unless_allowed(workdir, tmp_path, monkeypatch, capsys):
+    """An interrupted run is continued automatically only under the same params; --resume continues it
+    under changed params only with --allow-param-changes, and names every changed key either way."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    _copy_upstream(workdir, tmp_path)
+    data = str(workdir / "data/prepared")
+    base = ["train", "ldm", "--stage", "unet", "--preset", "tiny", "--data", data]
+    assert cli(base + ["--stop-after", "1"]) == 0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"unet": {"lr": 5e-4, "ema_decay": 0.9}}))
+    capsys.readouterr()
+    assert cli(base + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "unet.lr: checkpoint 0.001 -> params.yaml 0.0005" in err and "unet.ema_decay" in err
+    assert cli(base + ["--resume", "--allow-param-changes"]) == 0
+    err = capsys.readouterr().err
+    assert "continuing with these params changed" in err and "resuming unet at epoch 1" in err
+    # the bundle records the params the run ended with: params.yaml won
+    from spritegen.checkpoint import load_config
+
+    assert load_config(tmp_path / "models/ldm/unet")["params"]["unet"]["lr"] == 5e-4
+
+
+def test_a_changed_param_starts_fresh(workdir, tmp_path, monkeypatch, capsys):
+    """Without --resume, the state of a run under other params is discarded (never silently continued)."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    _copy_upstream(workdir, tmp_path)
+    base = ["train", "ldm", "--stage", "unet", "--preset", "tiny", "--data", str(workdir / "data/prepared")]
+    assert cli(base + ["--stop-after", "1"]) == 0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"unet": {"lr": 5e-4}}))
+    capsys.readouterr()
+    assert cli(base) == 0
+    err = capsys.readouterr().err
+    assert "discarding the state of an interrupted run" in err and "resuming" not in err
+
+
+def test_params_win_over_the_bundle_and_architecture_must_match(workdir, tmp_path, monkeypatch, capsys):
+    """The finetune stage trains under today's params (not the U-Net bundle's saved ones); a params
+    architecture that differs from the bundle's weights is refused, naming the key."""
+    import dataclasses
+
+    import yaml
+
+    from spritegen.ldm.models import load_bundle
+
+    cfgs = load_all(None, "tiny")
+    ldm = load_bundle(workdir / "models/ldm/unet")
+    cfgs["unet"].ema_decay = 0.5
+    ldm.adopt(cfgs["vae"], cfgs["unet"], workdir / "models/ldm/unet")
+    assert ldm.unet_cfg.ema_decay == 0.5
+    wider = dataclasses.replace(cfgs["unet"], block_out_channels=[32, 64])
+    with pytest.raises(UserError, match=r"unet.block_out_channels is \[32, 64\] in the params but .* trained with \[16, 32\]"):
+        ldm.adopt(cfgs["vae"], wider, workdir / "models/ldm/unet")
+    monkeypatch.chdir(tmp_path)
+    _copy_upstream(workdir, tmp_path, ("vae", "unet"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"vae": {"latent_channels": 3}}))
+    assert cli(["train", "ldm", "--stage", "finetune", "--preset", "tiny", "--data", str(workdir / "data/prepared")]) == 2
+    assert "vae.latent_channels is 3 in the params" in capsys.readouterr().err
 
 
 def test_two_processes_train_like_one(workdir, tmp_path, monkeypatch):
@@ -160,16 +238,15 @@ def test_two_processes_train_like_one(workdir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_prepared(tmp_path / "data21", n_per_split=(21, 8, 8), resolution=16, seed=0)
     for name in ("one", "two"):
-        for stage in ("text", "vae"):
-            shutil.copytree(workdir / "models/ldm" / stage, tmp_path / name / stage)
-    base = ["train", "ldm", "--stage", "unet", "--preset", "tiny", "--data", "data21"]
+        shutil.copytree(workdir / "models/ldm/vae", tmp_path / name / "vae")
+    base = ["train", "ldm", "--stage", "unet", "--preset", "tiny", "--data", "data21", "--text", str(workdir / "models/text")]
     assert cli(base + ["--out", "one"]) == 0
     env = dict(os.environ, OMP_NUM_THREADS="1", SPRITEGEN_THREADS="1")
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "spritegen", *base, "--out", "two"], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stderr.count("unet epoch 3/3") == 1  # rank 0 only
+    assert run.stderr.count("ldm unet epoch 2 ") == 1  # rank 0 only
     one, two = _tensors(tmp_path / "one/unet/model.safetensors"), _tensors(tmp_path / "two/unet/model.safetensors")
     assert one.keys() == two.keys()
     for k in one:
@@ -177,15 +254,16 @@ def test_two_processes_train_like_one(workdir, tmp_path, monkeypatch):
             assert torch.equal(one[k], two[k]), k
         else:
             assert torch.allclose(one[k], two[k], rtol=0, atol=1e-5), (k, float((one[k] - two[k]).abs().max()))
-    assert (tmp_path / "two/unet/last/state.safetensors").exists() and (tmp_path / "two/unet/metrics.json").exists()
+    assert (tmp_path / "two/unet/metrics.json").exists() and not (tmp_path / "two/.state/unet/last.json").exists()
 
 
 def test_nan_batches_are_skipped_and_counted(workdir, tmp_path, monkeypatch):
+    """Every second step's loss is NaN: those steps are skipped on the device (weights, moments and EMA
+    untouched), counted, and kept out of the logged means; the stage completes."""
     import spritegen.ldm.train as train_mod
 
     monkeypatch.chdir(tmp_path)
-    shutil.copytree(workdir / "models/ldm/text", tmp_path / "m/text")
-    shutil.copytree(workdir / "models/ldm/vae", tmp_path / "m/vae")
+    _copy_upstream(workdir, tmp_path)
     real = train_mod.diffusion_loss
     calls = {"n": 0}
 
@@ -196,39 +274,44 @@ def test_nan_batches_are_skipped_and_counted(workdir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_mod, "diffusion_loss", sometimes_nan)
     cfgs = load_all(None, "tiny")
-    metrics = train_mod.train_stage("unet", cfgs["vae"], cfgs["unet"], cfgs["ldm"], workdir / "data/prepared",
-                                    tmp_path / "m", progress=False)
+    metrics = train_mod.train_stage("unet", cfgs, workdir / "data/prepared", tmp_path / "models/ldm", progress=False)
     assert metrics["guard/nan_loss"] >= 1 and metrics["guard/skipped"] == metrics["guard/nan_loss"]
-    assert (tmp_path / "m/unet/model.safetensors").exists()
+    assert metrics["train/loss"] == metrics["train/loss"]  # finite: skipped steps are not averaged in
+    weights = _tensors(tmp_path / "models/ldm/unet/model.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
 
 
 def test_a_run_of_nan_stops_training_and_keeps_the_last_good_checkpoint(workdir, tmp_path, monkeypatch):
     import spritegen.ldm.train as train_mod
-    from spritegen.ldm.guards import TrainingDiverged
+    from spritegen.train.guards import TrainingDiverged
+    from spritegen.train.state import current
 
     monkeypatch.chdir(tmp_path)
-    shutil.copytree(workdir / "models/ldm/text", tmp_path / "m/text")
-    shutil.copytree(workdir / "models/ldm/vae", tmp_path / "m/vae")
+    _copy_upstream(workdir, tmp_path)
     cfgs = load_all(None, "tiny")
-    # one good epoch first: last/ holds a good checkpoint
-    train_mod.train_stage("unet", cfgs["vae"], cfgs["unet"], cfgs["ldm"], workdir / "data/prepared", tmp_path / "m",
-                          stop_after=1, progress=False)
-    good = _tensors(tmp_path / "m/unet/last/model.safetensors")
+    # one good epoch first: the run state holds a good checkpoint
+    train_mod.train_stage("unet", cfgs, workdir / "data/prepared", tmp_path / "models/ldm", stop_after=1, progress=False)
+    state = tmp_path / "models/ldm/.state/unet"
+    good = _tensors(current(state, "last") / "model.safetensors")
     real = train_mod.diffusion_loss
     monkeypatch.setattr(train_mod, "diffusion_loss", lambda *a, **k: real(*a, **k) * float("inf"))
-    cfgs["ldm"].max_bad_steps = 2
+    cfgs["train"].max_bad_steps = 2
     with pytest.raises(TrainingDiverged, match="consecutive bad steps"):
-        train_mod.train_stage("unet", cfgs["vae"], cfgs["unet"], cfgs["ldm"], workdir / "data/prepared", tmp_path / "m",
-                              resume=True, progress=False)
-    after = _tensors(tmp_path / "m/unet/last/model.safetensors")
+        train_mod.train_stage("unet", cfgs, workdir / "data/prepared", tmp_path / "models/ldm", resume=True,
+                              allow_param_changes=True, progress=False)
+    after = _tensors(current(state, "last") / "model.safetensors")
     assert all(torch.equal(good[k], after[k]) for k in good)
+    assert not (tmp_path / "models/ldm/unet").exists()  # no output from a diverged run
 
 
 def test_pretrained_text_encoder_from_a_local_folder(tmp_path, monkeypatch):
     """text.pretrained: a save_pretrained folder (BertModel + tokenizer) is loaded with local_files_only."""
     from transformers import BertConfig, BertModel
 
-    from spritegen.text.encoder import TextConfig, load_text_encoder, train_text_stage, train_tokenizer
+    from spritegen.text.encoder import TextConfig, load_text_encoder
+    from spritegen.text.train import train_text_stage, train_tokenizer
+    from spritegen.train.config import RunConfig
+    from spritegen.train.runtime import start
 
     monkeypatch.chdir(tmp_path)
     prompts = ["a red fire type pokemon", "a blue water type pokemon", "green grass"]
@@ -237,14 +320,15 @@ def test_pretrained_text_encoder_from_a_local_folder(tmp_path, monkeypatch):
     model.save_pretrained(tmp_path / "bert-tiny")
     tok.save_pretrained(tmp_path / "bert-tiny")
     cfg = TextConfig(pretrained=str(tmp_path / "bert-tiny"), max_length=16)
-    train_text_stage(cfg, prompts, [], tmp_path / "out")
+    rt = start(RunConfig(device="cpu"))
+    train_text_stage(cfg, rt, prompts, [], tmp_path / "out", {})
     enc = load_text_encoder(tmp_path / "out")
     hidden, mask = enc(["a red fire type pokemon"])
     assert hidden.shape == (1, 16, 32) and int(mask.sum()) > 2
     ref = model.eval()(**enc.tokenize(["a red fire type pokemon"])).last_hidden_state
     assert torch.allclose(hidden, ref, atol=1e-5)
     with pytest.raises(UserError, match="not a local folder"):
-        train_text_stage(TextConfig(pretrained=str(tmp_path / "missing")), prompts, [], tmp_path / "out2")
+        train_text_stage(TextConfig(pretrained=str(tmp_path / "missing")), rt, prompts, [], tmp_path / "out2", {})
 
 
 @pytest.mark.parametrize("strategy", ["progressive", "cyclical", "curriculum", "adversarial"])
@@ -254,7 +338,7 @@ def test_seed_000_strategies_run_end_to_end(strategy, workdir, tmp_path, monkeyp
     import yaml
 
     monkeypatch.chdir(tmp_path)
-    shutil.copytree(workdir / "models/ldm/text", tmp_path / "models/ldm/text")
+    shutil.copytree(workdir / "models/text", tmp_path / "models/text")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"ldm": {"strategy": strategy}}))
     for stage in ("vae", "unet", "finetune"):
         assert cli(["train", "ldm", "--stage", stage, "--preset", "tiny", "--data", str(workdir / "data/prepared")]) == 0
@@ -271,7 +355,7 @@ def tc_workdir(workdir, tmp_path_factory):
     import yaml
 
     root = tmp_path_factory.mktemp("ldm_tc")
-    shutil.copytree(workdir / "models/ldm/text", root / "models/ldm/text")
+    shutil.copytree(workdir / "models/text", root / "models/text")
     (root / "params.yaml").write_text(yaml.safe_dump({"vae": {"text_conditioned_decoder": True}}))
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
@@ -338,13 +422,13 @@ def test_decoder_option_mismatch_is_a_clear_error(workdir, tc_workdir, tmp_path,
     off = dataclasses.replace(cfgs["vae"], text_conditioned_decoder=False)  # (the cwd's params.yaml may say either)
     on = dataclasses.replace(cfgs["vae"], text_conditioned_decoder=True)
     with pytest.raises(UserError, match="text_conditioned_decoder"):
-        load_bundle(tc_workdir / "models/ldm/vae", off, cfgs["unet"])
+        load_bundle(tc_workdir / "models/ldm/vae").adopt(off, cfgs["unet"], tc_workdir / "models/ldm/vae")
     with pytest.raises(UserError, match="text_conditioned_decoder"):
-        load_bundle(workdir / "models/ldm/vae", on, cfgs["unet"])
+        load_bundle(workdir / "models/ldm/vae").adopt(on, cfgs["unet"], workdir / "models/ldm/vae")
     # the next stage under params without the option: exit 2 with the message, nothing trained
     monkeypatch.chdir(tmp_path)
-    for stage in ("text", "vae"):
-        shutil.copytree(tc_workdir / "models/ldm" / stage, tmp_path / "models/ldm" / stage)
+    shutil.copytree(tc_workdir / "models/text", tmp_path / "models/text")
+    shutil.copytree(tc_workdir / "models/ldm/vae", tmp_path / "models/ldm/vae")
     assert cli(["train", "ldm", "--stage", "unet", "--preset", "tiny", "--data", str(workdir / "data/prepared")]) == 2
     assert not (tmp_path / "models/ldm/unet/model.safetensors").exists()
     # weights that disagree with the bundle's own config.yaml

@@ -254,9 +254,9 @@ def main(args) -> int:
     from rich.table import Table
 
     from spritegen.data.metadata import read_metadata
-    from spritegen.params import load_all
+    from spritegen.params import load_sections
 
-    sections = load_all(args.params, args.preset)
+    sections = load_sections(("prepare", "metadata"), args.params, args.preset)
     cfg: PrepareConfig = sections["prepare"]
     records = read_metadata(Path(args.metadata))
     if not records:

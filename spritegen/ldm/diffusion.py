@@ -36,6 +36,11 @@ class NoiseSchedule:
         self.betas = ref.betas.double()  # (T,)
         self.alphas_cumprod = ref.alphas_cumprod.double()  # (T,)
 
+    def to(self, device) -> "NoiseSchedule":
+        """Keep the tables on the training device: indexing them there costs no copy per step."""
+        self.betas, self.alphas_cumprod = self.betas.to(device), self.alphas_cumprod.to(device)
+        return self
+
     def _coef(self, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a = self.alphas_cumprod.to(x.device)[t].to(x.dtype)  # (B,)
         shape = (-1,) + (1,) * (x.ndim - 1)

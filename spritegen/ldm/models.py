@@ -2,15 +2,18 @@
 
 A stage's output folder (``models/ldm/<stage>/``) is a *bundle*: every component that exists after that
 stage, in one ``model.safetensors`` (prefixes ``text.``, ``vae.``, ``unet.``, ``unet_ema.``, ``align.``,
-``disc.``), the resolved config sections and the measured latent scale in ``config.yaml``, and the
-tokenizer in ``tokenizer/``. The next stage starts from the previous stage's bundle; the finetune
-bundle is the complete generator.
+``disc.``), the config that built them, the params the stage ran with and the measured latent scale in
+``config.yaml``, and the tokenizer in ``tokenizer/``. The next stage starts from the previous stage's
+bundle; the finetune bundle is the complete generator.
+
+Generation reads a bundle's own config. Training lets params.yaml win (``LDM.adopt``): learning rates,
+EMA decay and every other knob come from the params, and a bundle whose architecture differs from the
+params is refused, naming the key.
 """
 
 from __future__ import annotations
 
-import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -19,7 +22,6 @@ import torch.nn.functional as F
 
 from spritegen.checkpoint import load_config, load_into, load_tensors, save_checkpoint, unflatten_state
 from spritegen.config import from_dict, to_dict
-from spritegen.ema import EMA
 from spritegen.errors import UserError
 from spritegen.ldm.unet import UNetConfig, build_unet
 from spritegen.ldm.vae import VAEConfig, build_vae
@@ -76,7 +78,7 @@ class LDM:
     resolution: int
     vae: nn.Module | None = None
     unet: nn.Module | None = None
-    unet_ema: EMA | None = None
+    unet_ema: dict[str, torch.Tensor] | None = None  # the U-Net's EMA weights (spritegen.train.optim.EMA's state)
     align: AlignHead | None = None
     disc: LatentDiscriminator | None = None
     latent_scale: float = 1.0
@@ -96,7 +98,6 @@ class LDM:
             self.vae = build_vae(self.vae_cfg, self.resolution, self.text.dim)
         if "unet" in components and self.unet is None:
             self.unet = build_unet(self.unet_cfg, self.vae_cfg.latent_channels, self.latent_size, self.text.dim)
-            self.unet_ema = EMA(self.unet, self.unet_cfg.ema_decay)
         if "align" in components and self.align is None:
             self.align = AlignHead(self.vae_cfg.latent_channels, self.text.dim)
         if "disc" in components and self.disc is None:
@@ -109,14 +110,12 @@ class LDM:
     def to(self, device) -> "LDM":
         for m in self.modules().values():
             m.to(device)
-        if self.unet_ema is not None:
-            self.unet_ema.to(device)
         return self
 
     def state(self) -> dict:
         state = dict(self.modules())
         if self.unet_ema is not None:
-            state["unet_ema"] = self.unet_ema.state_dict()
+            state["unet_ema"] = self.unet_ema
         return state
 
     def config(self) -> dict:
@@ -128,6 +127,19 @@ class LDM:
             **({"unet": to_dict(self.unet_cfg)} if self.unet is not None else {}),
         }
 
+    def adopt(self, vae_cfg: VAEConfig, unet_cfg: UNetConfig, source: Path) -> None:
+        """Train under params.yaml's sections, not the bundle's: every knob (learning rates, EMA decay,
+        clamp...) comes from the params. The architecture of a component the bundle holds cannot change
+        under its weights, so a differing ``arch`` field is an error naming the key."""
+        for name, saved, new in (("vae", self.vae_cfg, vae_cfg), ("unet", self.unet_cfg, unet_cfg)):
+            if getattr(self, name) is None:
+                continue
+            for f in fields(new):
+                if f.metadata.get("arch") and getattr(saved, f.name) != getattr(new, f.name):
+                    raise UserError(f"{name}.{f.name} is {getattr(new, f.name)!r} in the params but {source} was trained with "
+                                    f"{getattr(saved, f.name)!r}; set it back or re-run the stage that trains the {name} (dvc repro)")
+        self.vae_cfg, self.unet_cfg = vae_cfg, unet_cfg
+
 
 def save_bundle(folder: str | Path, ldm: LDM, extra_config: dict | None = None) -> Path:
     folder = Path(folder)
@@ -137,48 +149,36 @@ def save_bundle(folder: str | Path, ldm: LDM, extra_config: dict | None = None) 
 
 
 def load_bundle(folder: str | Path, vae_cfg: VAEConfig | None = None, unet_cfg: UNetConfig | None = None) -> LDM:
-    """Load a stage bundle. ``vae_cfg``/``unet_cfg``: the current params, used for components the bundle
-    does not hold yet (the U-Net does not exist after the vae stage); components it holds are rebuilt
-    from the config saved beside their weights, so a params change never mismatches saved weights."""
+    """Load a stage bundle under its own saved config (what generation uses). ``vae_cfg``/``unet_cfg``
+    stand in for sections the bundle does not hold yet (no U-Net after the vae stage); a training stage
+    then calls ``LDM.adopt`` so that params.yaml wins."""
     folder = Path(folder)
     if not (folder / "model.safetensors").exists():
         raise UserError(f"{folder} holds no checkpoint (model.safetensors); run the previous stage first")
     meta = load_config(folder)
+    if meta.get("family", "ldm") != "ldm":
+        raise UserError(f"{folder} holds a {meta['family']!r} model, not an ldm bundle")
+    if "text_model" not in meta:
+        raise UserError(f"{folder}/config.yaml has no text_model section: not an ldm bundle")
     flat = load_tensors(folder / "model.safetensors")
     present = {k.split(".")[0] for k in flat}
     text = build_text_encoder(meta["text_model"], folder)
     load_into(text.model, flat, "text", folder)
-    saved_vae = from_dict(VAEConfig, meta["vae"], "vae") if "vae" in meta and "vae" in present else vae_cfg
-    saved_unet = from_dict(UNetConfig, meta["unet"], "unet") if "unet" in meta and "unet" in present else unet_cfg
-    if saved_vae is None or saved_unet is None:
-        saved_vae = saved_vae or from_dict(VAEConfig, meta.get("vae", {}), "vae")
-        saved_unet = saved_unet or from_dict(UNetConfig, meta.get("unet", {}), "unet")
-    if "vae" in present:
-        _check_decoder_option(folder, saved_vae, vae_cfg, any(k.startswith("vae.text_attn.") for k in flat))
-    resolution = int(meta.get("resolution", 0))
-    ldm = LDM(text=text, text_meta=meta["text_model"], vae_cfg=saved_vae, unet_cfg=saved_unet, resolution=resolution,
-              latent_scale=float(meta.get("latent_scale", 1.0)),
+    saved_vae = from_dict(VAEConfig, meta["vae"], "vae") if "vae" in meta and "vae" in present else vae_cfg or VAEConfig()
+    saved_unet = from_dict(UNetConfig, meta["unet"], "unet") if "unet" in meta and "unet" in present else unet_cfg or UNetConfig()
+    if "vae" in present and saved_vae.text_conditioned_decoder != any(k.startswith("vae.text_attn.") for k in flat):
+        raise UserError(f"{folder}: vae.text_conditioned_decoder is {str(saved_vae.text_conditioned_decoder).lower()} in config.yaml "
+                        f"but the weights {'lack' if saved_vae.text_conditioned_decoder else 'hold'} the decoder's text attention")
+    ldm = LDM(text=text, text_meta=meta["text_model"], vae_cfg=saved_vae, unet_cfg=saved_unet,
+              resolution=int(meta.get("resolution", 0)), latent_scale=float(meta.get("latent_scale", 1.0)),
               meta={k: meta[k] for k in ("text_source", "stages") if k in meta})
     ldm.ensure(present & {"vae", "unet", "align", "disc"})
     for name, module in ldm.modules().items():
         if name != "text":
             load_into(module, flat, name, folder)
     if "unet_ema" in present:
-        ldm.unet_ema.load_state_dict(unflatten_state(flat, "unet_ema"))
+        ldm.unet_ema = unflatten_state(flat, "unet_ema")
     return ldm
-
-
-def _check_decoder_option(folder: Path, saved: VAEConfig, current: VAEConfig | None, has_weights: bool) -> None:
-    """``vae.text_conditioned_decoder`` changes what decoding needs (the prompt's text) and which weights
-    exist, so a bundle is never loaded under params that say otherwise (the saved config would silently
-    win, as for every other key) - nor with weights that disagree with its own config.yaml."""
-    key = "vae.text_conditioned_decoder"
-    if saved.text_conditioned_decoder != has_weights:
-        raise UserError(f"{folder}: {key} is {str(saved.text_conditioned_decoder).lower()} in config.yaml but the weights "
-                        f"{'lack' if saved.text_conditioned_decoder else 'hold'} the decoder's text attention (vae.text_attn.*)")
-    if current is not None and current.text_conditioned_decoder != saved.text_conditioned_decoder:
-        raise UserError(f"{folder} was trained with {key}: {str(saved.text_conditioned_decoder).lower()} but the params say "
-                        f"{str(current.text_conditioned_decoder).lower()}; set {key} back or rerun the vae stage")
 
 
 def ldm_from_text_stage(text_dir: Path, vae_cfg: VAEConfig, unet_cfg: UNetConfig, resolution: int) -> LDM:
@@ -186,7 +186,3 @@ def ldm_from_text_stage(text_dir: Path, vae_cfg: VAEConfig, unet_cfg: UNetConfig
     text = load_text_encoder(text_dir)
     return LDM(text=text, text_meta=meta["text_model"], vae_cfg=vae_cfg, unet_cfg=unet_cfg, resolution=resolution,
                meta={"text_source": meta.get("text_source", "unknown"), "stages": ["text"]})
-
-
-def copy_tokenizer(src: Path, dst: Path) -> None:
-    shutil.copytree(Path(src) / "tokenizer", Path(dst) / "tokenizer", dirs_exist_ok=True)

@@ -33,7 +33,8 @@ def ema_unet(ldm: LDM) -> torch.nn.Module:
     """A copy of the U-Net carrying the EMA weights (the training copy is left untouched)."""
     unet = copy.deepcopy(ldm.unet)
     if ldm.unet_ema is not None:
-        ldm.unet_ema.copy_to(unet)
+        target = unet.state_dict()
+        unet.load_state_dict({k: v.to(device=target[k].device, dtype=target[k].dtype) for k, v in ldm.unet_ema.items() if k in target})
     return unet.eval()
 
 

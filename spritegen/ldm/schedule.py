@@ -3,8 +3,9 @@
 A *phase* says, for a range of epochs, which components train, at which learning rates, with which
 loss weights, and whether the learning rate restarts warm. Each phase is tagged with the DVC stage
 that runs it (``vae``, ``unet`` or ``finetune``): ``spritegen train ldm --stage unet`` runs exactly the
-phases tagged ``unet``, in order. Epoch ranges are global ``[start, end)`` over the whole schedule, as
-in the seeds ("Epoch 20-25: VAE + text encoder (warm restart)").
+phases tagged ``unet``, in order. Epoch ranges ``[start, end)`` count within their stage (each stage's
+first phase starts at 0), so a stage depends on its own epoch budget only: lengthening the fine-tune
+never re-runs the VAE. The seeds' global notation ("Epoch 20-25: VAE + text encoder") is the sum.
 
 Seed 000's strategies are named schedules (``ldm.strategy``) expanded from the per-stage epoch budgets
 ``ldm.stage_epochs``; ``strategy: custom`` takes ``ldm.phases`` verbatim. Examples: docs/ldm.md.
@@ -14,7 +15,7 @@ Seed 000's strategies are named schedules (``ldm.strategy``) expanded from the p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 from spritegen.config import ConfigError
@@ -52,7 +53,7 @@ class Phase:
 
     name: str = field(metadata={"doc": "label used in logs and checkpoints"})
     stage: Stage = field(metadata={"doc": "the DVC stage that runs this phase: vae | unet | finetune"})
-    epochs: tuple[int, int] = field(metadata={"ge": 0, "doc": "global epoch range [start, end)"})
+    epochs: tuple[int, int] = field(metadata={"ge": 0, "doc": "epoch range [start, end) within its stage"})
     train: list[Component] = field(metadata={"doc": "components that train: text, vae, unet, align, disc"})
     lr: dict[str, float] = field(default_factory=dict, metadata={"gt": 0, "doc": "per-component learning rate overrides (default: the component section's lr)"})
     loss_weights: dict[str, float] = field(default_factory=dict, metadata={"doc": "loss weight overrides on top of the stage defaults"})
@@ -85,19 +86,13 @@ Strategy = Literal["three_stage", "progressive", "cyclical", "curriculum", "adve
 
 @dataclass
 class LDMScheduleConfig:
-    """params.yaml ``ldm``: which strategy trains the latent diffusion system, and for how long."""
+    """params.yaml ``ldm``: which strategy trains the latent diffusion system, and for how long (the run
+    settings every family shares - seed, device, guards, logging - are in ``train``)."""
 
     strategy: Strategy = field(default="three_stage", metadata={"doc": "seed 001's three stages, a seed 000 strategy, or custom (ldm.phases)"})
     stage_epochs: StageEpochs = field(default_factory=StageEpochs, metadata={"doc": "epoch budget per DVC stage for named strategies"})
     phases: list[Phase] = field(default_factory=list, metadata={"doc": "strategy custom: the explicit phases"})
     align_lr: float = field(default=1e-3, metadata={"gt": 0, "doc": "learning rate of the alignment head and the discriminator"})
-    seed: int = field(default=0, metadata={"ge": 0, "doc": "seed of data order, noise, dropout"})
-    checkpoint_every: int = field(default=0, metadata={"ge": 0, "doc": "keep a checkpoint every N epochs (0: only last/best/final)"})
-    sample_every: int = field(default=0, metadata={"ge": 0, "doc": "sample grid of the fixed prompts every N epochs (0: at the end of each stage only)"})
-    max_bad_steps: int = field(default=20, metadata={"ge": 1, "doc": "stop after this many consecutive skipped (NaN/Inf/exploded) steps"})
-    explode_factor: float = field(default=50.0, metadata={"gt": 1, "doc": "a gradient norm above this many times the running median is an explosion: step skipped"})
-    tensorboard: bool = field(default=False, metadata={"doc": "also write TensorBoard logs (needs the tensorboard extra)"})
-    device: str = field(default="auto", metadata={"doc": "auto | cpu | cuda | mps"})
 
     def validate(self) -> None:
         if self.strategy == "custom" and not self.phases:
@@ -107,10 +102,14 @@ class LDMScheduleConfig:
         validate_phases(self.resolved_phases())
 
     def resolved_phases(self) -> list[Phase]:
-        return list(self.phases) if self.strategy == "custom" else expand_strategy(self.strategy, self.stage_epochs)
+        """Every stage's phases, in pipeline order (the order of custom phases across stages does not matter)."""
+        return [p for stage in STAGES for p in self.phases_for(stage)]
 
     def phases_for(self, stage: str) -> list[Phase]:
-        return [p for p in self.resolved_phases() if p.stage == stage]
+        """The phases one DVC stage runs; a named strategy reads only that stage's epoch budget."""
+        if self.strategy == "custom":
+            return [p for p in self.phases if p.stage == stage]
+        return expand_strategy(self.strategy, stage, getattr(self.stage_epochs, stage))
 
 
 def validate_phases(phases: list[Phase]) -> None:
@@ -141,16 +140,15 @@ def validate_phases(phases: list[Phase]) -> None:
             raise ConfigError(f"{where}: stage {p.stage} cannot compute loss term(s) {impossible}")
         if "disc" in p.train and p.weights().get("adv", 0) <= 0:
             raise ConfigError(f"{where}: trains disc but loss weight adv is 0")
+        first_of_stage = prev is None or prev.stage != p.stage
+        if first_of_stage and p.start != 0:
+            raise ConfigError(f"{where}: the first phase of stage {p.stage} must start at epoch 0 (epochs count within their stage), starts at {p.start}")
         if prev is not None:
-            if p.start < prev.end:
+            if not first_of_stage and p.start < prev.end:
                 raise ConfigError(f"{where}: epochs {list(p.epochs)} overlap {prev.name} {list(prev.epochs)}")
-            if p.start > prev.end:
+            if not first_of_stage and p.start > prev.end:
                 raise ConfigError(f"{where}: gap between {prev.name} (ends {prev.end}) and this phase (starts {p.start})")
-            if STAGES.index(p.stage) < STAGES.index(prev.stage):
-                raise ConfigError(f"{where}: stage {p.stage} after stage {prev.stage}; DVC runs vae, unet, finetune in order")
         prev = p
-    if phases[0].start != 0:
-        raise ConfigError(f"phases[0] ({phases[0].name}): must start at epoch 0, starts at {phases[0].start}")
     stages = {p.stage for p in phases}
     missing = [s for s in STAGES if s not in stages]
     if missing:
@@ -172,64 +170,53 @@ def _split(total: int, fractions: list[float]) -> list[int]:
     return parts
 
 
-def _chain(specs: list[dict]) -> list[Phase]:
+# strategy -> stage -> [(share of the stage's epochs, phase spec)]: seed 000's strategies, as data
+STRATEGIES: dict[str, dict[str, list[tuple[float, dict]]]] = {
+    "three_stage": {  # seed 001: VAE; U-Net with VAE+text frozen; text fine-tuned
+        "vae": [(1.0, dict(name="vae", train=["vae"]))],
+        "unet": [(1.0, dict(name="unet", train=["unet"]))],
+        "finetune": [(1.0, dict(name="finetune", train=["text", "align"]))],
+    },
+    "progressive": {  # seed 000 strategy 1: progressive unfreezing with warm restarts
+        "vae": [(0.8, dict(name="vae", train=["vae"])),
+                (0.2, dict(name="vae+text", train=["vae", "text", "align"], warm_restart=True))],
+        "unet": [(0.8, dict(name="unet", train=["unet"])),
+                 (0.2, dict(name="unet+text", train=["unet", "text", "align"], warm_restart=True))],
+        "finetune": [(0.4, dict(name="joint", train=["vae", "text", "unet", "align"], lr={"vae": 2e-5, "unet": 5e-5})),
+                     (0.2, dict(name="text", train=["text", "align"], warm_restart=True)),
+                     (0.4, dict(name="polish", train=["vae", "text", "unet", "align"], lr={"vae": 1e-5, "unet": 2e-5, "text": 2e-5},
+                                lr_schedule="cosine"))],
+    },
+    "cyclical": {  # seed 000 strategy 2: cyclical component weighting (80/20 focus)
+        "vae": [(1.0, dict(name="vae-focus", train=["vae", "text", "align"], loss_weights={"recon": 0.8, "perceptual": 0.8, "align": 0.2}))],
+        "unet": [(0.5, dict(name="unet-focus", train=["unet", "text", "align"], loss_weights={"diffusion": 0.8, "align": 0.2})),
+                 (0.5, dict(name="unet-joint", train=["unet", "text", "align"], loss_weights={"diffusion": 0.5, "align": 0.5}, warm_restart=True))],
+        "finetune": [(0.5, dict(name="joint", train=["vae", "unet", "text", "align"], loss_weights={"diffusion": 0.5, "align": 0.5, "recon": 0.5})),
+                     (0.5, dict(name="text-focus", train=["text", "align"], loss_weights={"align": 0.8, "diffusion": 0.2, "consistency": 0.2},
+                                warm_restart=True))],
+    },
+    "curriculum": {  # seed 000 strategy 3: description complexity grows phase by phase
+        "vae": [(1.0, dict(name="vae", train=["vae"]))],
+        "unet": [(0.3, dict(name="unet-simple", train=["unet"], max_complexity=0.34)),
+                 (0.3, dict(name="unet-medium", train=["unet", "text", "align"], max_complexity=0.67, warm_restart=True)),
+                 (0.4, dict(name="unet-all", train=["unet"], warm_restart=True))],
+        "finetune": [(1.0, dict(name="joint", train=["text", "unet", "align"], lr={"unet": 2e-5}))],
+    },
+    "adversarial": {  # seed 000 strategy 4: adversarial co-training + alignment loss
+        "vae": [(1.0, dict(name="vae", train=["vae"]))],
+        "unet": [(1.0, dict(name="unet", train=["unet"]))],
+        "finetune": [(1.0, dict(name="adversarial", train=["text", "unet", "align", "disc"], loss_weights={"adv": 0.05}, lr={"unet": 2e-5}))],
+    },
+}
+
+
+def expand_strategy(strategy: str, stage: str, epochs: int) -> list[Phase]:
+    """The phases of ``stage`` under a named strategy, its ``epochs`` split by the strategy's shares."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"strategy: unknown {strategy!r}")
+    specs = STRATEGIES[strategy][stage]
     phases, start = [], 0
-    for spec in specs:
-        n = spec.pop("n")
-        phases.append(Phase(epochs=(start, start + n), **spec))
+    for n, (_, spec) in zip(_split(epochs, [share for share, _ in specs]), specs):
+        phases.append(Phase(stage=stage, epochs=(start, start + n), **spec))
         start += n
     return phases
-
-
-def expand_strategy(strategy: str, budget: StageEpochs) -> list[Phase]:
-    V, U, F = budget.vae, budget.unet, budget.finetune
-    if strategy == "three_stage":  # seed 001: VAE; U-Net with VAE+text frozen; text fine-tuned
-        return _chain([
-            dict(name="vae", stage="vae", n=V, train=["vae"]),
-            dict(name="unet", stage="unet", n=U, train=["unet"]),
-            dict(name="finetune", stage="finetune", n=F, train=["text", "align"]),
-        ])
-    if strategy == "progressive":  # seed 000 strategy 1: progressive unfreezing with warm restarts
-        v1, v2 = _split(V, [0.8, 0.2])
-        u1, u2 = _split(U, [0.8, 0.2])
-        f1, f2, f3 = _split(F, [0.4, 0.2, 0.4])
-        return _chain([
-            dict(name="vae", stage="vae", n=v1, train=["vae"]),
-            dict(name="vae+text", stage="vae", n=v2, train=["vae", "text", "align"], warm_restart=True),
-            dict(name="unet", stage="unet", n=u1, train=["unet"]),
-            dict(name="unet+text", stage="unet", n=u2, train=["unet", "text", "align"], warm_restart=True),
-            dict(name="joint", stage="finetune", n=f1, train=["vae", "text", "unet", "align"], lr={"vae": 2e-5, "unet": 5e-5}),
-            dict(name="text", stage="finetune", n=f2, train=["text", "align"], warm_restart=True),
-            dict(name="polish", stage="finetune", n=f3, train=["vae", "text", "unet", "align"],
-                 lr={"vae": 1e-5, "unet": 2e-5, "text": 2e-5}, lr_schedule="cosine"),
-        ])
-    if strategy == "cyclical":  # seed 000 strategy 2: cyclical component weighting (80/20 focus)
-        u1, u2 = _split(U, [0.5, 0.5])
-        f1, f2 = _split(F, [0.5, 0.5])
-        return _chain([
-            dict(name="vae-focus", stage="vae", n=V, train=["vae", "text", "align"], loss_weights={"recon": 0.8, "perceptual": 0.8, "align": 0.2}),
-            dict(name="unet-focus", stage="unet", n=u1, train=["unet", "text", "align"], loss_weights={"diffusion": 0.8, "align": 0.2}),
-            dict(name="unet-joint", stage="unet", n=u2, train=["unet", "text", "align"], loss_weights={"diffusion": 0.5, "align": 0.5}, warm_restart=True),
-            dict(name="joint", stage="finetune", n=f1, train=["vae", "unet", "text", "align"], loss_weights={"diffusion": 0.5, "align": 0.5, "recon": 0.5}),
-            dict(name="text-focus", stage="finetune", n=f2, train=["text", "align"], loss_weights={"align": 0.8, "diffusion": 0.2, "consistency": 0.2}, warm_restart=True),
-        ])
-    if strategy == "curriculum":  # seed 000 strategy 3: description complexity grows phase by phase
-        u1, u2, u3 = _split(U, [0.3, 0.3, 0.4])
-        return _chain([
-            dict(name="vae", stage="vae", n=V, train=["vae"]),
-            dict(name="unet-simple", stage="unet", n=u1, train=["unet"], max_complexity=0.34),
-            dict(name="unet-medium", stage="unet", n=u2, train=["unet", "text", "align"], max_complexity=0.67, warm_restart=True),
-            dict(name="unet-all", stage="unet", n=u3, train=["unet"], warm_restart=True),
-            dict(name="joint", stage="finetune", n=F, train=["text", "unet", "align"], lr={"unet": 2e-5}),
-        ])
-    if strategy == "adversarial":  # seed 000 strategy 4: adversarial co-training + alignment loss
-        return _chain([
-            dict(name="vae", stage="vae", n=V, train=["vae"]),
-            dict(name="unet", stage="unet", n=U, train=["unet"]),
-            dict(name="adversarial", stage="finetune", n=F, train=["text", "unet", "align", "disc"], loss_weights={"adv": 0.05}, lr={"unet": 2e-5}),
-        ])
-    raise ConfigError(f"strategy: unknown {strategy!r}")
-
-
-def with_epochs(phase: Phase, start: int, end: int) -> Phase:
-    return replace(phase, epochs=(start, end))

@@ -17,22 +17,23 @@ from spritegen.text.encoder import TextEncoder
 
 @dataclass
 class UNetConfig:
-    """params.yaml ``unet``: the U-Net, the diffusion process and loss, EMA and the optimiser."""
+    """params.yaml ``unet``: the U-Net, the diffusion process and loss, EMA and the optimiser. Fields
+    marked ``arch`` define what the weights mean (the network, and the process it denoises)."""
 
-    block_out_channels: list[int] = field(default_factory=lambda: [64, 128], metadata={"ge": 8, "doc": "channels per resolution level"})
-    layers_per_block: int = field(default=1, metadata={"ge": 1})
-    cross_attention_levels: int = field(default=2, metadata={"ge": 1, "doc": "how many of the highest-resolution levels have cross-attention"})
-    attention_head_dim: int = field(default=32, metadata={"ge": 1, "doc": "channels per attention head"})
-    norm_num_groups: int = field(default=32, metadata={"ge": 1})
+    block_out_channels: list[int] = field(default_factory=lambda: [64, 128], metadata={"arch": True, "ge": 8, "doc": "channels per resolution level"})
+    layers_per_block: int = field(default=1, metadata={"arch": True, "ge": 1})
+    cross_attention_levels: int = field(default=2, metadata={"arch": True, "ge": 1, "doc": "how many of the highest-resolution levels have cross-attention"})
+    attention_head_dim: int = field(default=32, metadata={"arch": True, "ge": 1, "doc": "channels per attention head"})
+    norm_num_groups: int = field(default=32, metadata={"arch": True, "ge": 1})
     # --- diffusion process
-    num_train_timesteps: int = field(default=1000, metadata={"ge": 2, "doc": "diffusion steps T (seed: 1000)"})
-    beta_schedule: Literal["cosine", "linear", "scaled_linear"] = field(default="cosine", metadata={"doc": "noise schedule (seed: cosine)"})
-    prediction_type: Literal["epsilon", "v_prediction"] = field(default="epsilon", metadata={"doc": "what the U-Net predicts"})
+    num_train_timesteps: int = field(default=1000, metadata={"arch": True, "ge": 2, "doc": "diffusion steps T (seed: 1000)"})
+    beta_schedule: Literal["cosine", "linear", "scaled_linear"] = field(default="cosine", metadata={"arch": True, "doc": "noise schedule (seed: cosine)"})
+    prediction_type: Literal["epsilon", "v_prediction"] = field(default="epsilon", metadata={"arch": True, "doc": "what the U-Net predicts"})
     loss: Literal["huber", "mse"] = field(default="huber", metadata={"doc": "denoising loss (seed: Huber / SmoothL1)"})
     huber_delta: float = field(default=1.0, metadata={"gt": 0, "doc": "Huber transition point (SmoothL1 beta)"})
     min_snr_gamma: float = field(default=5.0, metadata={"ge": 0, "doc": "min-SNR-gamma loss weighting (0 = off)"})
     cond_dropout: float = field(default=0.1, metadata={"ge": 0, "lt": 1, "doc": "probability a prompt is replaced by the empty prompt (classifier-free guidance)"})
-    pooled_text: bool = field(default=True, metadata={"doc": "also add the pooled text (masked mean of the token states) to the time embedding, as Imagen and SDXL do: a global path for colour and type that a small U-Net learns in far fewer steps than cross-attention alone"})
+    pooled_text: bool = field(default=True, metadata={"arch": True, "doc": "also add the pooled text (masked mean of the token states) to the time embedding, as Imagen and SDXL do: a global path for colour and type that a small U-Net learns in far fewer steps than cross-attention alone"})
     # --- optimisation
     batch_size: int = field(default=16, metadata={"ge": 1, "doc": "small batches: more updates per image seen (CPU steps are the budget)"})
     lr: float = field(default=1e-3, metadata={"gt": 0, "doc": "AdamW peak learning rate"})

@@ -25,12 +25,13 @@ from spritegen.config import ConfigError
 
 @dataclass
 class VAEConfig:
-    """params.yaml ``vae``: the autoencoder and its loss."""
+    """params.yaml ``vae``: the autoencoder and its loss. Fields marked ``arch`` define the weights: a
+    later stage refuses a bundle whose saved values differ from params.yaml's (spritegen/ldm/models.py)."""
 
-    block_out_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 64], metadata={"ge": 1, "doc": "channels per level; len-1 = number of 2x downsamplings (4 levels = 8x)"})
-    layers_per_block: int = field(default=1, metadata={"ge": 1, "doc": "residual blocks per level"})
-    latent_channels: int = field(default=8, metadata={"ge": 1, "doc": "latent channels (the seed's 8)"})
-    norm_num_groups: int = field(default=8, metadata={"ge": 1, "doc": "group-norm groups (must divide every channel count)"})
+    block_out_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 64], metadata={"arch": True, "ge": 1, "doc": "channels per level; len-1 = number of 2x downsamplings (4 levels = 8x)"})
+    layers_per_block: int = field(default=1, metadata={"arch": True, "ge": 1, "doc": "residual blocks per level"})
+    latent_channels: int = field(default=8, metadata={"arch": True, "ge": 1, "doc": "latent channels (the seed's 8)"})
+    norm_num_groups: int = field(default=8, metadata={"arch": True, "ge": 1, "doc": "group-norm groups (must divide every channel count)"})
     batch_size: int = field(default=8, metadata={"ge": 1, "doc": "small batches: more updates per image seen (the VAE dominates CPU time)"})
     lr: float = field(default=3e-3, metadata={"gt": 0, "doc": "AdamW peak learning rate (high: a few hundred steps must escape the blank-image plateau)"})
     weight_decay: float = field(default=1e-4, metadata={"ge": 0})
@@ -41,9 +42,8 @@ class VAEConfig:
     perceptual: Literal["auto", "lpips", "gradient", "none"] = field(default="auto", metadata={"doc": "perceptual term: lpips (needs local AlexNet weights), gradient (offline fallback: L1 on image gradients at 2 scales), auto = lpips when present"})
     perceptual_weight: float = field(default=0.5, metadata={"ge": 0})
     chroma_weight: float = field(default=8.0, metadata={"ge": 0, "doc": "the L1 is taken in an opponent colour space (luminance + two colour differences) with the colour differences scaled by this (1 = unweighted; the basis is orthonormal). Hue is a small part of a sprite's pixel variance, and with plain L1 a VAE learns silhouette and lightness for thousands of steps before any hue (docs/ldm.md)"})
-    hflip: float = field(default=0.5, metadata={"ge": 0, "le": 1, "doc": "horizontal flip probability (all stages)"})
     latent_clamp: float = field(default=4.0, metadata={"gt": 0, "doc": "scaled latents are clamped to +-this (seed: 3.0); clamped values are counted"})
-    text_conditioned_decoder: bool = field(default=False, metadata={"doc": "seed option: the decoder cross-attends to the prompt's token states (one residual attention layer after its mid block, zero-initialised so it starts as the unconditional decoder); the encoder stays unconditional"})
+    text_conditioned_decoder: bool = field(default=False, metadata={"arch": True, "doc": "seed option: the decoder cross-attends to the prompt's token states (one residual attention layer after its mid block, zero-initialised so it starts as the unconditional decoder); the encoder stays unconditional"})
 
     def validate(self) -> None:
         for c in self.block_out_channels:

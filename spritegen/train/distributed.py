@@ -126,7 +126,7 @@ def setup(requested_device: str = "auto") -> Dist:
     elif device.type == "cpu":
         backend = "gloo"
     else:
-        raise UserError(f"several processes need cuda or cpu, not {device.type}: set ldm.device")
+        raise UserError(f"several processes need cuda or cpu, not {device.type}: set train.device")
     if not dist.is_initialized():
         dist.init_process_group(backend)  # env://: MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE
     if dist.get_world_size() != world or dist.get_rank() != rank:
