@@ -80,13 +80,20 @@ class TextEncoder(nn.Module):
 
     def states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Token states (B, L, D) of already tokenized prompts (training tokenizes its prompts once)."""
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.model(input_ids=input_ids, attention_mask=additive_mask(attention_mask)).last_hidden_state
 
     @staticmethod
     def pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Masked mean over tokens: (B, L, D), (B, L) -> (B, D)."""
         m = mask.to(hidden.dtype)[..., None]
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def additive_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) 1 = token, 0 = padding -> (B, 1, 1, L) additive attention bias. transformers uses a 4-D mask as
+    given; from a 2-D one it first asks whether any token is padded (``mask.all()``), which makes the host
+    wait for the device on every call."""
+    return (1.0 - attention_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
 
 
 def build_bert(cfg: TextConfig, vocab_size: int):

@@ -18,7 +18,8 @@ import torch
 
 from spritegen.checkpoint import save_checkpoint
 from spritegen.config import to_dict
-from spritegen.text.encoder import SPECIAL_TOKENS, TextConfig, TextEncoder, build_bert, load_pretrained, save_tokenizer, text_config_dict
+from spritegen.text.encoder import (SPECIAL_TOKENS, TextConfig, TextEncoder, additive_mask, build_bert, load_pretrained, save_tokenizer,
+                                    text_config_dict)
 from spritegen.train.guards import StepGuard
 from spritegen.train.log import TrainLog
 from spritegen.train.optim import adamw, guarded_step, set_lr
@@ -146,7 +147,7 @@ def pretrain_mlm(cfg: TextConfig, rt: Runtime, prompts: list[str], val_prompts: 
                 ids, labels = mask_tokens(ids_all[idx], att_all[idx], mask_id, vocab, len(SPECIAL_TOKENS), cfg.mlm_mask_prob, g)
                 set_lr(opt, "onecycle", step, total, warm_restart=False)
                 with rt.autocast():
-                    loss = mlm(input_ids=ids, attention_mask=att_all[idx], labels=labels).loss
+                    loss = mlm(input_ids=ids, attention_mask=additive_mask(att_all[idx]), labels=labels).loss
                 guarded_step(opt, loss.float(), guard)
                 loss_sum += loss.detach().float()
                 step += 1
@@ -162,7 +163,7 @@ def pretrain_mlm(cfg: TextConfig, rt: Runtime, prompts: list[str], val_prompts: 
         vids, vatt = venc["input_ids"].to(rt.device), venc["attention_mask"].to(rt.device)
         ids, labels = mask_tokens(vids, vatt, mask_id, vocab, len(SPECIAL_TOKENS), cfg.mlm_mask_prob, rt.generator("text", "val"))
         with torch.no_grad():
-            out = mlm(input_ids=ids, attention_mask=vatt, labels=labels)
+            out = mlm(input_ids=ids, attention_mask=additive_mask(vatt), labels=labels)
         sel = labels != -100
         metrics["mlm_val_loss"] = float(out.loss)
         metrics["mlm_val_accuracy"] = float((out.logits.argmax(-1)[sel] == labels[sel]).float().mean())
