@@ -80,20 +80,20 @@ def resolved(path: str | Path | None = None, preset: str | None = None) -> dict[
 
 def select(cfgs: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
     """The values of dotted ``keys`` (``"train"``, ``"vae.lr"``, ``"ldm.stage_epochs.vae"``) as one nested
-    mapping, the shape of params.yaml: what a stage reads, and nothing else."""
+    mapping, the shape of params.yaml: what a stage reads, and nothing else (only those fields are read)."""
     out: dict[str, Any] = {}
     for key in keys:
         section, *path = key.split(".")
-        value = to_dict(cfgs[section])
+        value = cfgs[section]
         for part in path:
-            if not isinstance(value, dict) or part not in value:
+            if not hasattr(value, part):
                 raise ConfigError(f"{key}: no such param")
-            value = value[part]
+            value = getattr(value, part)
         node = out
         parts = [section, *path]
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = value
+        node[parts[-1]] = to_dict(value)
     return out
 
 

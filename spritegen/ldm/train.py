@@ -156,7 +156,7 @@ def train_stage(stage: str, cfgs: dict, data_dir: Path, out_root: Path, text_dir
 
     # ---- the pieces of the loop
     data = SpriteBatches(train, rt.device)
-    process = NoiseSchedule(ldm.unet_cfg).to(rt.device)
+    process = NoiseSchedule(ldm.unet_cfg).to(rt.device) if stage != "vae" else None  # no diffusion before the U-Net
     perceptual = Perceptual(ldm.vae_cfg.perceptual).to(rt.device)
     ref_text = copy.deepcopy(ldm.text).eval().requires_grad_(False) if stage == "finetune" else None
     guard = StepGuard(run.max_bad_steps, run.explode_factor, rt.device)

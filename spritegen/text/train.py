@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from spritegen.checkpoint import save_checkpoint
-from spritegen.config import to_dict
 from spritegen.text.encoder import (SPECIAL_TOKENS, TextConfig, TextEncoder, additive_mask, build_bert, load_pretrained, save_tokenizer,
                                     text_config_dict)
 from spritegen.train.guards import StepGuard
@@ -60,7 +59,7 @@ def train_text_stage(cfg: TextConfig, rt: Runtime, prompts: list[str], val_promp
         encoder, metrics = pretrain_mlm(cfg, rt, prompts, val_prompts)
         source = "offline-mlm"
     encoder.model.cpu()
-    save_checkpoint(out, {"text": encoder.model}, {"text": to_dict(cfg), "params": params, "run": rt.settings(),
+    save_checkpoint(out, {"text": encoder.model}, {"params": params, "run": rt.settings(),
                                                    "text_model": text_config_dict(encoder), "text_source": source})
     save_tokenizer(encoder, out)
     write_json(metrics, out / "metrics.json")
