@@ -1,34 +1,51 @@
-"""The real pipeline, end to end, on the `tiny` preset, in a temporary copy of this repository.
+"""The real pipeline, end to end, on the `tiny` preset, in temporary copies of this repository.
 
 This is what a user's `make repro` does on a fresh clone: fetch (verified against data.dvc), then
-`dvc repro` — here with params.yaml replaced by the tiny preset so it runs in about a minute.
+`dvc repro` - here with params.yaml replaced by the tiny preset so it runs in about a minute. Then:
+
+* a fresh clone of that result, repeating the quick start, leaves `git status` clean: the same dvc.lock
+  hashes and the same git-tracked metrics, bit for bit;
+* a `dvc repro` killed (SIGKILL) in the middle of the VAE stage continues where it stopped when run
+  again, and ends with the weights of an uninterrupted run; a changed param or `dvc repro -f` starts fresh.
 """
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def _env() -> dict:
     env_bin = str(Path(sys.executable).parent)
     env = dict(os.environ, PATH=env_bin + os.pathsep + os.environ.get("PATH", ""))
     env.pop("DVCLIVE_TEST", None)  # the real pipeline: dvclive writes where dvc.yaml expects it
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    return env
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
 
+def _git_commit(repo: Path, message: str) -> None:
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false", "commit", "-qm", message], repo)
+
+
 @pytest.fixture(scope="module")
 def repo_copy(tmp_path_factory) -> Path:
-    """Tracked + untracked (not ignored) files of this checkout, as a fresh git repository."""
+    """Tracked + untracked (not ignored) files of this checkout, as a fresh git repository on the tiny preset."""
     if shutil.which("git") is None:
         pytest.skip("git not available")
     dst = tmp_path_factory.mktemp("repo")
@@ -42,8 +59,7 @@ def repo_copy(tmp_path_factory) -> Path:
     _run(["git", "init", "-q"], dst)
     tiny = _run(["spritegen", "params", "--preset", "tiny"], dst).stdout
     (dst / "params.yaml").write_text(tiny)
-    _run(["git", "add", "-A"], dst)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], dst)
+    _git_commit(dst, "copy")
     _run(["spritegen", "data", "fetch"], dst)
     return dst
 
@@ -60,33 +76,94 @@ def test_data_stages_reproduce_and_are_clean(repo_copy):
 
 def test_whole_pipeline_tiny(repo_copy):
     _run(["dvc", "repro"], repo_copy)
-    for path in ["models/ldm/finetune", "samples/ldm/prompts.jsonl", "samples/ldm_vae/prompts.jsonl", "metrics/ldm.json",
-                 "metrics/ldm_vae.json", "metrics/summary.json", "metrics/evaluator.json"]:
+    for path in ["models/text", "models/ldm/finetune", "samples/ldm/prompts.jsonl", "samples/ldm_vae/prompts.jsonl",
+                 "metrics/ldm.json", "metrics/ldm_vae.json", "metrics/summary.json", "metrics/evaluator.json"]:
         assert (repo_copy / path).exists(), path
     assert "up to date" in _run(["dvc", "status"], repo_copy).stdout
     shown = _run(["dvc", "metrics", "show"], repo_copy).stdout
     assert "metrics/ldm.json" in shown
+    assert not list(repo_copy.glob("models/**/.state/*/last.json"))  # completed stages leave no run state
+    assert json.loads((repo_copy / "logs/ldm/vae.json").read_text())["seconds"] > 0  # timings live in logs/
 
 
-def _without_timings(data):
-    """Metrics files also record how long a stage took: everything else must be identical."""
-    if isinstance(data, dict):
-        return {k: _without_timings(v) for k, v in data.items() if "seconds" not in k}
-    if isinstance(data, list):
-        return [_without_timings(v) for v in data]
-    return data
-
-
-def _metrics(repo: Path) -> dict:
-    return {p.name: _without_timings(json.loads(p.read_text())) for p in sorted((repo / "metrics").glob("*.json"))}
-
-
-def test_pipeline_is_deterministic_on_cpu(repo_copy):
-    """Same commit, same numbers: the quality gate compares like with like only if this holds."""
+def test_a_fresh_clone_reproduces_every_hash_and_metric(repo_copy, tmp_path):
+    """Commit the tiny run's dvc.lock and metrics, clone, repeat the quick start: `git status` stays clean."""
     _run(["dvc", "repro"], repo_copy)
-    first = _metrics(repo_copy)
-    _run(["dvc", "repro", "--force"], repo_copy)
-    second = _metrics(repo_copy)
-    assert first.keys() == second.keys()
-    for name in first:
-        assert first[name] == second[name], f"metrics/{name} differs between two identical runs"
+    _git_commit(repo_copy, "tiny run")
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(repo_copy), str(clone)], tmp_path)
+    _run(["spritegen", "data", "fetch"], clone)
+    _run(["dvc", "repro"], clone)
+    status = _run(["git", "status", "--porcelain"], clone).stdout
+    assert status == "", f"a fresh clone's repro changed tracked files:\n{status}\n" + _run(["git", "diff", "--stat"], clone).stdout
+
+
+# --- a killed `dvc repro` --------------------------------------------------------------------------------
+
+
+def _set_params(repo: Path, **sections) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in sections.items():
+        for key, value in values.items():
+            node = params[section]
+            *path, last = key.split(".")
+            for part in path:
+                node = node[part]
+            node[last] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _kill_mid_vae(repo: Path, after_epoch: int) -> str:
+    """Start `dvc repro ldm_vae`, SIGKILL it (dvc and the stage) once the VAE stage has checkpointed
+    ``after_epoch`` epochs, and return what it printed."""
+    proc = subprocess.Popen(["dvc", "repro", "ldm_vae"], cwd=repo, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    state = repo / "models/ldm/.state/vae"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        pointer = state / "last.json"
+        if pointer.exists():
+            folder = state / json.loads(pointer.read_text())["dir"]
+            if (folder / "state.json").exists() and json.loads((folder / "state.json").read_text())["epoch"] >= after_epoch:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the stage finished before it could be killed:\n" + proc.stdout.read()
+    os.killpg(proc.pid, signal.SIGKILL)
+    out, _ = proc.communicate()
+    return out
+
+
+def _vae_weights(repo: Path) -> dict:
+    from spritegen.checkpoint import load_tensors
+
+    return load_tensors(repo / "models/ldm/vae/model.safetensors")
+
+
+def test_a_killed_dvc_repro_continues_and_equals_an_uninterrupted_run(repo_copy, tmp_path):
+    from torch import equal
+
+    repo = tmp_path / "killed"
+    _run(["git", "clone", "-q", str(repo_copy), str(repo)], tmp_path)
+    shutil.copytree(repo_copy / "data/raw", repo / "data/raw")
+    _set_params(repo, ldm={"stage_epochs.vae": 12})  # long enough to be killed in the middle
+    _run(["dvc", "repro", "text"], repo)
+
+    _kill_mid_vae(repo, after_epoch=3)
+    assert not (repo / "models/ldm/vae/model.safetensors").exists()
+    again = _run(["dvc", "repro", "ldm_vae"], repo)
+    assert "resuming vae at epoch" in again.stdout + again.stderr
+    resumed = _vae_weights(repo)
+    history = (repo / "models/ldm/vae/history.csv").read_text()
+
+    forced = _run(["dvc", "repro", "-f", "ldm_vae"], repo)  # the completed run left no state: -f starts fresh
+    assert "resuming" not in forced.stdout + forced.stderr
+    fresh = _vae_weights(repo)
+    assert resumed.keys() == fresh.keys() and all(equal(resumed[k], fresh[k]) for k in fresh)
+    assert (repo / "models/ldm/vae/history.csv").read_text() == history  # the logs too: replayed on resume
+
+    _set_params(repo, vae={"lr": 1e-3})
+    _kill_mid_vae(repo, after_epoch=2)
+    _set_params(repo, vae={"lr": 2e-3})  # another param: the interrupted state is not this run's
+    changed = _run(["dvc", "repro", "ldm_vae"], repo)
+    out = changed.stdout + changed.stderr
+    assert "discarding the state of an interrupted run" in out and "resuming" not in out
