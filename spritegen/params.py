@@ -52,16 +52,21 @@ def raw_params(path: str | Path | None = None, preset: str | None = None) -> dic
         from spritegen.presets import preset_overrides
 
         data = deep_merge(data, preset_overrides(preset))
-    unknown = sorted(set(data) - set(SECTIONS))
-    if unknown:
-        raise ConfigError(f"params: unknown section(s) {unknown}; known sections: {sorted(SECTIONS)}")
     return data
 
 
-def load_sections(names: Iterable[str], path: str | Path | None = None, preset: str | None = None) -> dict[str, Any]:
-    """The named sections validated: ``{name: dataclass}``; absent ones take their defaults."""
-    data = raw_params(path, preset)
+def validate_sections(data: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """The named sections of a params mapping, validated: ``{name: dataclass}`` (absent ones take their
+    defaults); an unknown section anywhere in ``data`` is an error naming it."""
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"params: unknown section(s) {unknown}; known sections: {sorted(SECTIONS)}")
     return {name: from_dict(section_class(name), data.get(name), name) for name in names}
+
+
+def load_sections(names: Iterable[str], path: str | Path | None = None, preset: str | None = None) -> dict[str, Any]:
+    """The named sections of params.yaml (with a preset on top), validated."""
+    return validate_sections(raw_params(path, preset), names)
 
 
 def load_all(path: str | Path | None = None, preset: str | None = None) -> dict[str, Any]:

@@ -102,6 +102,7 @@ def user_folder(tmp_path) -> tuple[Path, Path, int]:
     Image.new("RGBA", (16, 16), (0, 0, 0, 0)).save(folder / BAD_FILES["blank"])
     (folder / "notes.txt").write_text("my notes")
     (folder / ".DS_Store").write_bytes(b"\0\0")
+    (folder / "looks_like.png").mkdir()  # a directory named like an image: reported, not silently skipped
     csv = folder.parent / "descriptions.csv"
     rows = ["national_number,description"]
     rows += [
@@ -127,7 +128,8 @@ def test_folder_fetch_is_deterministic_and_reports_what_it_did_not_copy(tmp_path
     assert tree_hash(a) == tree_hash(b)
     source = json.loads((a / "SOURCE.json").read_text())
     assert source["n_sprites"] == n_good + len(BAD_FILES)  # bad files are copied: metadata decides
-    assert {x["file"] for x in source["not_copied"]} == {"notes.txt", ".DS_Store"}
+    assert {x["file"] for x in source["not_copied"]} == {"notes.txt", ".DS_Store", "looks_like.png"}
+    assert [x["reason"] for x in source["not_copied"] if x["file"] == "looks_like.png"] == ["a directory named like an image"]
     assert source["descriptions_unmatched"] == ["999"]
     sprites = {s["source_file"]: s for s in json.loads((a / "sprites.json").read_text())}
     assert sprites["006.png"]["description"].startswith("Sprite 6. A water type")

@@ -1,7 +1,7 @@
 """Each stage learns, and a training step never waits for the device.
 
 On a fixed tiny batch (8 synthetic sprites at 16 px, the same noise and timesteps every step) each
-stage's own loss, computed by the loop's own ``losses``/``setup_phase``/``guarded_step``, must fall:
+stage's own loss, through the loop's own ``setup_phase`` and ``train_step``, must fall:
 
 | stage    | loss                             | steps | must fall by at least |
 |----------|----------------------------------|-------|-----------------------|
@@ -43,26 +43,19 @@ def tiny():
 
 
 def _train_on_fixed_batch(stage, cfgs, split, text, rt, steps=60, sync_counter=None):
+    """The loop's own step (``train_step``: losses, guarded fused step, EMA) on one batch, repeated."""
     import copy
 
-    from spritegen.ldm.diffusion import NoiseSchedule
     from spritegen.ldm.models import LDM
-    from spritegen.ldm.train import losses, setup_phase
-    from spritegen.ldm.vae import Perceptual
-    from spritegen.train.batches import Batch, SpriteBatches
-    from spritegen.train.guards import StepGuard
-    from spritegen.train.optim import guarded_step, set_lr
+    from spritegen.ldm.train import prepare_stage, setup_phase, train_step
+    from spritegen.train.batches import Batch
+    from spritegen.train.optim import set_lr
 
     ldm = LDM(text=copy.deepcopy(text), text_meta={}, vae_cfg=cfgs["vae"], unet_cfg=cfgs["unet"], resolution=16)
     torch.manual_seed(1)
     ldm.ensure({"vae", "unet", "align"} if stage != "vae" else {"vae"})
-    phase = cfgs["ldm"].phases_for(stage)[0]
-    data = SpriteBatches(split, rt.device)
-    ref = copy.deepcopy(ldm.text).eval().requires_grad_(False) if stage == "finetune" else None
-    perceptual = Perceptual("gradient")
-    ph = setup_phase(ldm, phase, stage, cfgs, data, rt, perceptual, ref, None)
-    process = NoiseSchedule(ldm.unet_cfg)
-    guard = StepGuard(20, 50.0, rt.device)
+    s = prepare_stage(stage, cfgs, ldm, split, rt)
+    ph = setup_phase(s, cfgs["ldm"].phases_for(stage)[0], None)
     batch = Batch(torch.arange(8), torch.zeros(8, dtype=torch.bool), torch.arange(8) * len(split.records[0].prompts))
     seen = []
     for step in range(steps):
@@ -70,12 +63,10 @@ def _train_on_fixed_batch(stage, cfgs, split, text, rt, steps=60, sync_counter=N
         g = torch.Generator().manual_seed(0)  # the same noise, timesteps and dropout every step
         if sync_counter is not None:
             sync_counter.start()
-        terms, _ = losses(ldm, ph, data, batch, g, rt, process, perceptual, ref, 1.0)
-        loss = sum(ph.weights.get(k, 1.0) * v for k, v in terms.items())
-        guarded_step(ph.opt, loss, guard)
+        _, values = train_step(s, ph, batch, g, 1.0)
         if sync_counter is not None:
             sync_counter.stop()
-        seen.append(float(loss.detach()))
+        seen.append(float(values["loss"].detach()))
     return seen[0], seen[-1]
 
 

@@ -9,20 +9,18 @@ On disk (written by ``spritegen prepare``, read by everything downstream)::
       manifest.json       resolution, background, split sizes, seed, source
       preview.png         a grid of training sprites (a DVC plot)
 
-Images stay uint8 on disk and in memory; ``SpriteDataset`` turns them into float in [-1, 1] and applies
-the training-time augmentations (flip, small rotation, brightness/contrast jitter).
+Images stay uint8 on disk and in memory; training moves a split to the device and draws its batches
+there (spritegen/train/batches.py, which also holds the seeds' augmentations).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from spritegen.checkpoint import load_tensors
@@ -121,67 +119,3 @@ def load_split(folder: str | Path, split: Split) -> SpriteSplit:
     if len(records) != len(images):
         raise UserError(f"{folder}: {split} has {len(images)} images but {len(records)} records")
     return SpriteSplit(images=images, records=records)
-
-
-# --- training-time augmentation ---------------------------------------------------------------------
-
-
-@dataclass
-class AugmentConfig:
-    """The seeds' augmentations, applied on the fly. No hue jitter: prompts name colours."""
-
-    hflip: float = field(default=0.5, metadata={"ge": 0, "le": 1, "doc": "probability of a horizontal flip"})
-    rotation_deg: float = field(default=0.0, metadata={"ge": 0, "le": 45, "doc": "max absolute rotation"})
-    brightness: float = field(default=0.0, metadata={"ge": 0, "le": 0.5, "doc": "max relative brightness change"})
-    contrast: float = field(default=0.0, metadata={"ge": 0, "le": 0.5, "doc": "max relative contrast change"})
-
-
-def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """x: (3, R, R) float in [-1, 1], background white (= +1). Returns the same shape."""
-    u = torch.rand(4, generator=generator)
-    if u[0] < cfg.hflip:
-        x = x.flip(-1)
-    if cfg.rotation_deg > 0:
-        angle = math.radians((2 * u[1].item() - 1) * cfg.rotation_deg)
-        cos, sin = math.cos(angle), math.sin(angle)
-        theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=x.dtype)[None]
-        grid = F.affine_grid(theta, [1, *x.shape], align_corners=False)
-        # pad with the background: rotate (x - 1) with zero padding, then shift back
-        x = F.grid_sample((x - 1)[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0] + 1
-    if cfg.brightness > 0:
-        x = (x + 1) * (1 + (2 * u[2].item() - 1) * cfg.brightness) - 1
-    if cfg.contrast > 0:
-        mean = x.mean()
-        x = (x - mean) * (1 + (2 * u[3].item() - 1) * cfg.contrast) + mean
-    return x.clamp(-1, 1)
-
-
-class SpriteDataset(torch.utils.data.Dataset):
-    """(image, prompt, attributes) triples from a split.
-
-    Each item picks one of the sprite's prompts; the choice and the augmentation are drawn from a
-    generator seeded by (seed, epoch, index), so a run is reproducible and a resumed run sees the same
-    data as an uninterrupted one. Call ``set_epoch`` at the start of every epoch.
-    """
-
-    def __init__(self, split: SpriteSplit, augment_cfg: AugmentConfig | None = None, seed: int = 0):
-        self.split = split
-        self.augment_cfg = augment_cfg
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, i: int) -> dict:
-        g = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) % 2**63)
-        record = self.split.records[i]
-        x = self.split.images[i].float() / 127.5 - 1  # (3, R, R) in [-1, 1]
-        if self.augment_cfg is not None:
-            x = augment(x, self.augment_cfg, g)
-        prompt = record.prompts[int(torch.randint(len(record.prompts), (1,), generator=g))]
-        attrs = torch.tensor(list(record.attribute_ids().values()), dtype=torch.long)
-        return {"image": x, "prompt": prompt, "attributes": attrs, "index": i}

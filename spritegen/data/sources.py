@@ -507,8 +507,15 @@ def fetch_folder(images_out: Path, cfg: DataConfig) -> tuple[list[dict], dict]:
     descriptions = read_descriptions(cfg.descriptions) if cfg.descriptions else {}
     species = species_table() if cfg.enrich else {}
     sprites, not_copied, used_keys, keys = [], [], set(), set()
-    for src in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for src in sorted(folder.rglob("*")):
         rel = src.relative_to(folder)
+        if src.is_dir():  # folders are searched, not copied - but one named like an image is worth a word
+            if src.suffix.lower() in IMAGE_EXTENSIONS:
+                not_copied.append({"file": rel.as_posix(), "reason": "a directory named like an image"})
+            continue
+        if not src.is_file():
+            not_copied.append({"file": rel.as_posix(), "reason": "not a regular file (a broken link, a socket...)"})
+            continue
         if any(part.startswith(".") for part in rel.parts):
             not_copied.append({"file": rel.as_posix(), "reason": "hidden file"})
             continue

@@ -81,6 +81,22 @@ def main(args) -> int:
 
 
 @dataclass
+class StageRun:
+    """A stage's models on the device and the pieces every step uses (built once by ``prepare_stage``)."""
+
+    stage: str
+    cfgs: dict
+    rt: Runtime
+    ldm: LDM
+    data: SpriteBatches
+    process: NoiseSchedule | None  # the diffusion process (none before the U-Net exists)
+    perceptual: Perceptual
+    ref_text: TextEncoder | None  # a frozen copy of the text encoder (finetune: the consistency term)
+    guard: StepGuard
+    ema: EMA | None
+
+
+@dataclass
 class PhaseSetup:
     """What one phase trains, with which optimiser, and the tensors it can compute once."""
 
@@ -111,73 +127,23 @@ def train_stage(stage: str, cfgs: dict, data_dir: Path, out_root: Path, text_dir
 
     run, params, phases = cfgs["train"], select(cfgs, PARAMS[stage]), cfgs["ldm"].phases_for(stage)
     rt = start(run)
-    out_root, data_dir = Path(out_root), Path(data_dir)
-    out_dir = out_root / stage
-    prev = Path(text_dir) if stage == "vae" else out_root / PREVIOUS[stage]
+    out_dir, prev = Path(out_root) / stage, Path(text_dir) if stage == "vae" else Path(out_root) / PREVIOUS[stage]
     train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
-
-    # ---- models: the previous stage's output under today's params, plus what this stage builds
-    if stage == "vae":
-        ldm = ldm_from_text_stage(prev, cfgs["vae"], cfgs["unet"], train.resolution)
-    else:
-        ldm = load_bundle(prev, cfgs["vae"], cfgs["unet"])
-        ldm.adopt(cfgs["vae"], cfgs["unet"], prev)
-    if ldm.resolution != train.resolution:
-        raise UserError(f"{prev} was trained at resolution {ldm.resolution} but {data_dir} has {train.resolution}; re-run the earlier stages")
-    rt.seed_global("init", stage, per_rank=False)
-    ldm.ensure({c for p in phases for c in p.train} | {"vae"} | ({"unet"} if stage != "vae" else set()))
+    s = prepare_stage(stage, cfgs, build_models(stage, cfgs, prev, train.resolution, rt), train, rt)
 
     # ---- run state: an interrupted run of the same params, code and inputs continues where it stopped
-    key = fingerprint(params, [data_dir, prev, *code_files()])
+    key = fingerprint(params, [Path(data_dir), prev, *code_files()])
     root = open_state(out_dir, key, resume, fresh, _say) if rt.main else state_root(out_dir)
     rt.dist.barrier()
-    loaded = load_run_state(root)
-    ema = EMA(ldm.unet, ldm.unet_cfg.ema_decay) if ldm.unet is not None else None
-    if ema is not None and ldm.unet_ema is not None:
-        ema.load_state_dict(ldm.unet_ema)
-    epoch, step, guard_state, early_state, history, opt_flat = 0, 0, None, None, [], {}
-    if loaded is not None:
-        weights, opt_flat, meta = loaded
-        if resume and rt.main:
-            check_resume_params(meta["params"], params, allow_param_changes, _say)
-        for name, module in ldm.modules().items():
-            load_into(module, weights, name, root)
-        if ema is not None:
-            ema.load_state_dict(unflatten_state(weights, "unet_ema"))
-        epoch, step, guard_state, early_state, history = meta["epoch"], meta["step"], meta["guard"], meta["early"], meta["history"]
-        if rt.main:
-            _say(f"resuming {stage} at epoch {epoch} (step {step}) from {root}")
-    ldm.to(rt.device)
-    if ema is not None:
-        ema.to(rt.device)
-    for m in (ldm.vae, ldm.unet):
-        if m is not None:
-            rt.prepare(m)
-
-    # ---- the pieces of the loop
-    data = SpriteBatches(train, rt.device)
-    process = NoiseSchedule(ldm.unet_cfg).to(rt.device) if stage != "vae" else None  # no diffusion before the U-Net
-    perceptual = Perceptual(ldm.vae_cfg.perceptual).to(rt.device)
-    ref_text = copy.deepcopy(ldm.text).eval().requires_grad_(False) if stage == "finetune" else None
-    guard = StepGuard(run.max_bad_steps, run.explode_factor, rt.device)
-    early = EarlyStopping(run.patience, run.min_delta)
-    if guard_state is not None:
-        guard.load(guard_state)
-        early.load(early_state)
-    batch_size = ldm.vae_cfg.batch_size if stage == "vae" else ldm.unet_cfg.batch_size
-    steps_per_epoch = data.steps_per_epoch(batch_size)
-    last_epoch = phases[-1].end
+    epoch, step, history, opt_flat, early = restore(s, root, params, resume, allow_param_changes)
+    batch_size = s.ldm.vae_cfg.batch_size if stage == "vae" else s.ldm.unet_cfg.batch_size
+    steps_per_epoch, last_epoch = s.data.steps_per_epoch(batch_size), phases[-1].end
     stop_epoch = min(last_epoch, epoch + stop_after) if stop_after else last_epoch
-    if rt.dist.enabled and min(batch_size, len(data) - (steps_per_epoch - 1) * batch_size) < rt.dist.world:
-        raise UserError(f"{rt.dist.world} processes but a batch of {len(data) - (steps_per_epoch - 1) * batch_size} images: "
-                        "every rank needs at least one; raise the batch size or use fewer processes")
-    log = None
-    if rt.main:
-        log = TrainLog(f"ldm {stage}", live_dir, last_epoch * steps_per_epoch, out_dir.parent / f"{stage}.tensorboard" if run.tensorboard else None,
-                       progress, done_steps=epoch * steps_per_epoch)
+    log = TrainLog(f"ldm {stage}", live_dir, last_epoch * steps_per_epoch, out_dir.parent / f"{stage}.tensorboard" if run.tensorboard else None,
+                   progress, done_steps=epoch * steps_per_epoch) if rt.main else None
+    if log is not None:
         log.replay(history)
     t_start, steps_at_start, metrics, prev_opt = time.time(), step, {}, None
-
     try:
         for phase in phases:
             if phase.end <= epoch or epoch >= stop_epoch or early.stop:
@@ -188,61 +154,30 @@ def train_stage(stage: str, cfgs: dict, data_dir: Path, out_root: Path, text_dir
                 carry = opt_state(*prev_opt) if prev_opt else opt_flat
             else:
                 carry = None
-            ph = setup_phase(ldm, phase, stage, cfgs, data, rt, perceptual, ref_text, carry)
+            ph = setup_phase(s, phase, carry)
             phase_steps = (phase.end - phase.start) * steps_per_epoch
-            if rt.main:
+            if log is not None:
                 log.say(f"phase {phase.name} [{phase.start},{phase.end}) train={phase.train} terms={[k for k, v in ph.on.items() if v]}")
             for e in range(max(epoch, phase.start), min(phase.end, stop_epoch)):
                 g = rt.generator(stage, e)  # all of this epoch's data randomness, drawn on the device
                 rt.seed_global(stage, e)  # dropout
                 t_epoch, epoch_means, interval = time.time(), Means(), Means()
-                for b, batch_all in enumerate(data.epoch(g, batch_size, ph.pool, run.augment.hflip)):
+                for b, batch_all in enumerate(s.data.epoch(g, batch_size, ph.pool, run.augment.hflip)):
                     set_lr(ph.opt, phase.lr_schedule, (e - phase.start) * steps_per_epoch + b, phase_steps, phase.warm_restart)
-                    share = len(batch_all.share(rt.dist.share)) / len(batch_all)
-                    with rt.autocast():
-                        terms, extras = losses(ldm, ph, data, batch_all, g, rt, process, perceptual, ref_text, e + b / steps_per_epoch)
-                    loss = sum(ph.weights.get(k, 1.0) * v for k, v in terms.items())  # "disc" (weight 1) trains the discriminator
-                    bad, norms = guarded_step(ph.opt, loss, guard, lambda ps: rt.dist.reduce_gradients(ps, share),
-                                              judged=rt.dist.reduce_mean(loss.detach().float(), share))
-                    if ema is not None and "unet" in phase.train:
-                        ema.update(ldm.unet, skip=bad)
-                    values = {"loss": loss, **terms, **extras, **{f"grad_norm/{k}": v for k, v in norms.items()}}
+                    bad, values = train_step(s, ph, batch_all, g, e + b / steps_per_epoch)
                     epoch_means.add(values, ~bad)
-                    interval.add({"loss": loss}, ~bad)
+                    interval.add({"loss": values["loss"]}, ~bad)
                     step += 1
                     if log is not None:
                         log.advance()
                     if step % run.log_every == 0:  # the only host synchronisation inside an epoch
-                        guard.check()
+                        s.guard.check()
                         if log is not None:
                             log.interval(step, interval.read())
-
-                # ---- end of epoch: guards, validation, logs, checkpoints (rank 0), then the other ranks go on
-                counts = guard.check()
                 epoch = e + 1
-                seconds = time.time() - t_epoch
-                row = {f"train/{k}": v for k, v in epoch_means.read().items()}
-                row.update({f"guard/{k}": float(v) for k, v in counts.items()})
-                row.update({f"lr/{gr['name']}": gr["lr"] for gr in ph.opt.param_groups})
-                rt.dist.check_in_sync(ldm.modules().values())
-                if rt.main:
-                    row.update(validate(ldm, val, stage, process, rt))
-                    rate = {"images_per_s": len(data) / max(seconds, 1e-9), **memory(rt.device)}
-                    log.epoch(epoch, step, row, rate)
-                    if early.update(row["val/loss"]):
-                        write_atomic(root, "best", lambda f: _save_weights(f, ldm, ema))
-                    if run.checkpoint_every and epoch % run.checkpoint_every == 0:
-                        write_atomic(root, f"epoch_{epoch:04d}", lambda f: _save_weights(f, ldm, ema))
-                    if run.sample_every and epoch % run.sample_every == 0 and epoch < last_epoch:
-                        _sample_grid(ldm, ema, val, stage, root / "samples" / f"epoch_{epoch:04d}.png")
-                    save_run_state(root, _weights(ldm, ema), opt_state(ph.opt, ph.names),
-                                   {"epoch": epoch, "step": step, "guard": guard.state(), "early": early.state(),
-                                    "history": log.history, "params": params})
-                metrics = row
-                rt.dist.barrier()
+                metrics = end_of_epoch(s, ph, epoch, step, epoch_means, val, root, log, early, params, last_epoch,
+                                       images_per_s=len(s.data) / max(time.time() - t_epoch, 1e-9))
                 if early.stop:
-                    if log is not None:
-                        log.say(f"{stage}: early stop after epoch {epoch}: no better val/loss for {run.patience} epochs")
                     break
             prev_opt = (ph.opt, ph.names)
     except BaseException:
@@ -256,10 +191,10 @@ def train_stage(stage: str, cfgs: dict, data_dir: Path, out_root: Path, text_dir
             log.say(f"{stage}: stopped after epoch {epoch} of {last_epoch}; run the same command again to continue")
         return metrics
     if rt.main:
-        metrics = write_stage_output(ldm, ema, stage, out_dir, root, train, val, params, rt, log, metrics, early)
-        log_run(f"ldm/{stage}", {"seconds": time.time() - t_start, "steps": step - steps_at_start,
-                                 "images_per_s": (step - steps_at_start) * batch_size / max(time.time() - t_start, 1e-9),
-                                 **memory(rt.device), **rt.settings()})
+        metrics = write_stage_output(s, out_dir, root, train, val, params, log, metrics, early)
+        seconds = time.time() - t_start
+        log_run(f"ldm/{stage}", {"seconds": seconds, "steps": step - steps_at_start, **memory(rt.device), **rt.settings(),
+                                 "images_per_s": (step - steps_at_start) * batch_size / max(seconds, 1e-9)})
     rt.dist.barrier()
     return metrics
 
@@ -268,10 +203,111 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def setup_phase(ldm: LDM, phase: Phase, stage: str, cfgs: dict, data: SpriteBatches, rt: Runtime, perceptual: Perceptual,
-                ref_text: TextEncoder | None, carry: dict[str, torch.Tensor] | None) -> PhaseSetup:
+def build_models(stage: str, cfgs: dict, prev: Path, resolution: int, rt: Runtime) -> LDM:
+    """The previous stage's output under today's params (``LDM.adopt``), plus the components this stage builds."""
+    if stage == "vae":
+        ldm = ldm_from_text_stage(prev, cfgs["vae"], cfgs["unet"], resolution)
+    else:
+        ldm = load_bundle(prev, cfgs["vae"], cfgs["unet"])
+        ldm.adopt(cfgs["vae"], cfgs["unet"], prev)
+    if ldm.resolution != resolution:
+        raise UserError(f"{prev} was trained at resolution {ldm.resolution} but the data has {resolution}; re-run the earlier stages")
+    rt.seed_global("init", stage, per_rank=False)
+    phases = cfgs["ldm"].phases_for(stage)
+    ldm.ensure({c for p in phases for c in p.train} | {"vae"} | ({"unet"} if stage != "vae" else set()))
+    return ldm
+
+
+def prepare_stage(stage: str, cfgs: dict, ldm: LDM, train: SpriteSplit, rt: Runtime) -> StageRun:
+    """Models on the device (layout, compile), the data on the device, the process, loss pieces, guard, EMA."""
+    ldm.to(rt.device)
+    for m in (ldm.vae, ldm.unet):
+        if m is not None:
+            rt.prepare(m)
+    ema = None
+    if ldm.unet is not None:
+        ema = EMA(ldm.unet, ldm.unet_cfg.ema_decay)
+        if ldm.unet_ema is not None:  # the previous stage's average continues (under today's decay)
+            ema.load_state_dict(ldm.unet_ema)
+    batch_size = ldm.vae_cfg.batch_size if stage == "vae" else ldm.unet_cfg.batch_size
+    last = len(train) - (-(-len(train) // batch_size) - 1) * batch_size
+    if rt.dist.enabled and min(batch_size, last) < rt.dist.world:
+        raise UserError(f"{rt.dist.world} processes but a batch of {min(batch_size, last)} images: every rank needs at least one; "
+                        "raise the batch size or use fewer processes")
+    return StageRun(stage, cfgs, rt, ldm, SpriteBatches(train, rt.device),
+                    NoiseSchedule(ldm.unet_cfg).to(rt.device) if stage != "vae" else None,  # no diffusion before the U-Net
+                    Perceptual(ldm.vae_cfg.perceptual).to(rt.device),
+                    copy.deepcopy(ldm.text).eval().requires_grad_(False) if stage == "finetune" else None,
+                    StepGuard(cfgs["train"].max_bad_steps, cfgs["train"].explode_factor, rt.device), ema)
+
+
+def restore(s: StageRun, root: Path, params: dict, resume: bool, allow_param_changes: bool):
+    """Load an interrupted run's state into the models, EMA and guard. Returns (epoch, step, history,
+    optimiser moments by name, early stopping) - a fresh start when there is no state."""
+    early = EarlyStopping(s.cfgs["train"].patience, s.cfgs["train"].min_delta)
+    loaded = load_run_state(root)
+    if loaded is None:
+        return 0, 0, [], {}, early
+    weights, opt_flat, meta = loaded
+    if resume and s.rt.main:
+        check_resume_params(meta["params"], params, allow_param_changes, _say)
+    for name, module in s.ldm.modules().items():
+        load_into(module, weights, name, root)
+    if s.ema is not None:
+        s.ema.load_state_dict(unflatten_state(weights, "unet_ema"))
+    s.guard.load(meta["guard"])
+    early.load(meta["early"])
+    if s.rt.main:
+        _say(f"resuming {s.stage} at epoch {meta['epoch']} (step {meta['step']}) from {root}")
+    return meta["epoch"], meta["step"], meta["history"], opt_flat, early
+
+
+def train_step(s: StageRun, ph: PhaseSetup, batch_all: Batch, g: torch.Generator, progress: float) -> tuple[torch.Tensor, dict]:
+    """One optimiser step on a global batch: losses, backward, (data parallel: the global gradient), clip,
+    guard, step or skip, EMA. Returns the verdict and the step's values, all still on the device."""
+    share = len(batch_all.share(s.rt.dist.share)) / len(batch_all)
+    with s.rt.autocast():
+        terms, extras = losses(s, ph, batch_all, g, progress)
+    loss = sum(ph.weights.get(k, 1.0) * v for k, v in terms.items())  # "disc" (weight 1) trains the discriminator
+    bad, norms = guarded_step(ph.opt, loss, s.guard, lambda ps: s.rt.dist.reduce_gradients(ps, share),
+                              judged=s.rt.dist.reduce_mean(loss.detach().float(), share))
+    if s.ema is not None and "unet" in ph.phase.train:
+        s.ema.update(s.ldm.unet, skip=bad)
+    return bad, {"loss": loss, **terms, **extras, **{f"grad_norm/{k}": v for k, v in norms.items()}}
+
+
+def end_of_epoch(s: StageRun, ph: PhaseSetup, epoch: int, step: int, means: Means, val: SpriteSplit, root: Path,
+                 log: TrainLog | None, early: EarlyStopping, params: dict, last_epoch: int, images_per_s: float) -> dict:
+    """Guards, the epoch's means, validation, logs, best / kept / last checkpoints and sample grids (rank 0),
+    then the other ranks go on. Returns the epoch's row of metrics."""
+    run = s.cfgs["train"]
+    counts = s.guard.check()
+    row = {f"train/{k}": v for k, v in means.read().items()}
+    row.update({f"guard/{k}": float(v) for k, v in counts.items()})
+    row.update({f"lr/{gr['name']}": gr["lr"] for gr in ph.opt.param_groups})
+    s.rt.dist.check_in_sync(s.ldm.modules().values())  # before rank 0 saves weights that stand for all ranks
+    if s.rt.main:
+        row.update(validate(s.ldm, val, s.stage, s.process, s.rt))
+        log.epoch(epoch, step, row, {"images_per_s": images_per_s, **memory(s.rt.device)})
+        if early.update(row["val/loss"]):
+            write_atomic(root, "best", lambda f: _save_weights(f, s.ldm, s.ema))
+        if run.checkpoint_every and epoch % run.checkpoint_every == 0:
+            write_atomic(root, f"epoch_{epoch:04d}", lambda f: _save_weights(f, s.ldm, s.ema))
+        if run.sample_every and epoch % run.sample_every == 0 and epoch < last_epoch:
+            _sample_grid(s.ldm, s.ema, val, s.stage, root / "samples" / f"epoch_{epoch:04d}.png")
+        save_run_state(root, _weights(s.ldm, s.ema), opt_state(ph.opt, ph.names),
+                       {"epoch": epoch, "step": step, "guard": s.guard.state(), "early": early.state(),
+                        "history": log.history, "params": params})
+        if early.stop:
+            log.say(f"{s.stage}: early stop after epoch {epoch}: no better val/loss for {run.patience} epochs")
+    s.rt.dist.barrier()
+    return row
+
+
+def setup_phase(s: StageRun, phase: Phase, carry: dict[str, torch.Tensor] | None) -> PhaseSetup:
     """Which components train (the rest frozen, in eval mode), their optimiser, and what can be computed
     once for the whole phase: the frozen text encoder's states and the frozen VAE's posteriors."""
+    ldm, cfgs = s.ldm, s.cfgs
     train_vae, train_text = "vae" in phase.train, "text" in phase.train
     for c, m in ldm.modules().items():
         m.requires_grad_(c in phase.train)
@@ -282,37 +318,37 @@ def setup_phase(ldm: LDM, phase: Phase, stage: str, cfgs: dict, data: SpriteBatc
     opt = adamw({c: [p for _, p in named[c]] for c in phase.train},
                 lr={c: phase.lr[c] if c in phase.lr else own[c].lr if c in own else cfgs["ldm"].align_lr for c in phase.train},
                 clip={c: phase.grad_clip[c] if c in phase.grad_clip else own[c].grad_clip if c in own else 1.0 for c in phase.train},
-                weight_decay=ldm.vae_cfg.weight_decay if stage == "vae" else ldm.unet_cfg.weight_decay)
+                weight_decay=ldm.vae_cfg.weight_decay if s.stage == "vae" else ldm.unet_cfg.weight_decay)
     names = {p: n for c in named for n, p in named[c]}
     if carry:
         load_opt_state(opt, names, carry)
     weights = {k: w for k, w in phase.weights().items() if w > 0}
     on = {
         "recon": train_vae and "recon" in weights,
-        "perceptual": train_vae and "perceptual" in weights and perceptual.backend != "none",
+        "perceptual": train_vae and "perceptual" in weights and s.perceptual.backend != "none",
         "kl": train_vae and "kl" in weights,
         "align": ldm.align is not None and ("align" in phase.train or train_text) and "align" in weights,
-        "diffusion": ldm.unet is not None and stage != "vae" and "diffusion" in weights and ("unet" in phase.train or train_text),
-        "consistency": ref_text is not None and train_text and "consistency" in weights,
+        "diffusion": ldm.unet is not None and s.stage != "vae" and "diffusion" in weights and ("unet" in phase.train or train_text),
+        "consistency": s.ref_text is not None and train_text and "consistency" in weights,
         "adv": ldm.disc is not None and "disc" in phase.train and "adv" in weights,
     }
     need_text = on["diffusion"] or on["align"] or on["adv"] or ldm.vae_cfg.text_conditioned_decoder
     frozen_latents = not train_vae and cfgs["train"].augment.only_flip
     return PhaseSetup(
-        phase, opt, names, weights, on, data.pool(phase.max_complexity),
-        text=PromptTable(ldm.text, data.prompts, cache=not train_text) if need_text else None,
-        ref=PromptTable(ref_text, data.prompts, cache=True) if on["consistency"] else None,
-        latents=posteriors(ldm.vae, data.images_u8) if frozen_latents else None,
+        phase, opt, names, weights, on, s.data.pool(phase.max_complexity),
+        text=PromptTable(ldm.text, s.data.prompts, cache=not train_text) if need_text else None,
+        ref=PromptTable(s.ref_text, s.data.prompts, cache=True) if on["consistency"] else None,
+        latents=posteriors(ldm.vae, s.data.images_u8) if frozen_latents else None,
     )
 
 
-def losses(ldm: LDM, ph: PhaseSetup, data: SpriteBatches, batch_all: Batch, g: torch.Generator, rt: Runtime,
-           process: NoiseSchedule, perceptual: Perceptual, ref_text: TextEncoder | None,
+def losses(s: StageRun, ph: PhaseSetup, batch_all: Batch, g: torch.Generator,
            progress: float) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The phase's loss terms on this rank's share of the global batch, and a few watched values.
 
     Every random draw is made for the whole global batch, in the same order on every rank, so the ranks
     agree and one process draws exactly what it always drew; each rank keeps its share."""
+    ldm, process, rt = s.ldm, s.process, s.rt
     share, n_all, dev = rt.dist.share, len(batch_all), rt.device
     batch = batch_all.share(share)
     terms, extras = {}, {}
@@ -320,14 +356,14 @@ def losses(ldm: LDM, ph: PhaseSetup, data: SpriteBatches, batch_all: Batch, g: t
 
     # -- latents z_0 (B, C, h, w), unit variance after the measured scale
     if ph.latents is None:  # the VAE trains (or the images are augmented beyond the flip): encode them now
-        x = data.images(batch_all, rt.cfg.augment, g)[share]  # (B, 3, R, R)
+        x = s.data.images(batch_all, rt.cfg.augment, g)[share]  # (B, 3, R, R)
         post = ldm.vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn((n_all, *post.mean.shape[1:]), generator=g, device=dev)[share]
         if ph.on["recon"] or ph.on["perceptual"]:
             x_hat = decode(ldm.vae, z, *_decoder_text(ldm, ph, batch))
             terms["recon"] = recon_loss(x_hat.float(), x, ldm.vae_cfg)
             if ph.on["perceptual"]:
-                terms["perceptual"] = ldm.vae_cfg.perceptual_weight * perceptual(x_hat.float(), x)
+                terms["perceptual"] = ldm.vae_cfg.perceptual_weight * s.perceptual(x_hat.float(), x)
         if ph.on["kl"]:
             kl, extras["kl_raw"] = kl_free_bits(post.mean.float(), post.logvar.float(), ldm.vae_cfg.free_bits)
             terms["kl"] = kl * kl_weight(ldm.vae_cfg, progress)
@@ -358,7 +394,7 @@ def losses(ldm: LDM, ph: PhaseSetup, data: SpriteBatches, batch_all: Batch, g: t
             # reconstruction consistency: the fine-tuned text must keep the U-Net's predictions where the
             # original text encoder put them
             with torch.no_grad():
-                ref, _, ref_empty, _ = ph.ref.lookup(ref_text, batch.prompt)
+                ref, _, ref_empty, _ = ph.ref.lookup(s.ref_text, batch.prompt)
                 pred_ref = denoise(ldm.unet, x_t, t, torch.where(dropped[:, None, None], ref_empty, ref), cond_mask)
             terms["consistency"] = F.mse_loss(pred.float(), pred_ref.float())
     if ph.on["align"]:
@@ -413,14 +449,15 @@ def _save_weights(folder: Path, ldm: LDM, ema: EMA | None) -> None:
     save_file(_weights(ldm, ema), str(folder / "model.safetensors"))
 
 
-def write_stage_output(ldm: LDM, ema: EMA | None, stage: str, out_dir: Path, root: Path, train: SpriteSplit, val: SpriteSplit,
-                       params: dict, rt: Runtime, log: TrainLog, metrics: dict, early: EarlyStopping) -> dict:
+def write_stage_output(s: StageRun, out_dir: Path, root: Path, train: SpriteSplit, val: SpriteSplit, params: dict,
+                       log: TrainLog, metrics: dict, early: EarlyStopping) -> dict:
     """The final bundle (with the measured latent scale), best/ and kept epochs as bundles, the sample grid,
     metrics, history.csv and curves.png; written to a temporary folder, then moved into place. Then the
     run state is removed: the stage is complete, and a forced re-run starts fresh."""
+    ldm, ema, stage = s.ldm, s.ema, s.stage
     ldm.unet_ema = ema.state_dict() if ema is not None else None
     ldm.meta["stages"] = list(dict.fromkeys(ldm.meta.get("stages", []) + [stage]))
-    config = {"stage": stage, "params": params, "run": rt.settings()}
+    config = {"stage": stage, "params": params, "run": s.rt.settings()}
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     if stage == "vae":  # measured once, on every training image, with the final weights
@@ -446,6 +483,8 @@ def write_stage_output(ldm: LDM, ema: EMA | None, stage: str, out_dir: Path, roo
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     shutil.rmtree(root, ignore_errors=True)
+    if root.parent.is_dir() and not any(root.parent.iterdir()):
+        root.parent.rmdir()
     return metrics
 
 
