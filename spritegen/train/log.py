@@ -141,8 +141,10 @@ class TrainLog:
             self._record(row)
 
     def _record(self, row: dict) -> None:
+        # a NaN (a diverging validation loss) is kept as null: the history is saved as JSON with the run state
+        row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
         self.history.append(row)
-        values = {k: v for k, v in row.items() if k not in ("kind", "step", "epoch") and math.isfinite(v)}
+        values = {k: v for k, v in row.items() if k not in ("kind", "step", "epoch") and v is not None}
         prefix = "train_step/" if row["kind"] == "step" else "epoch/"
         x = row["step"] if row["kind"] == "step" else row["epoch"]
         if self.live is not None:
@@ -188,7 +190,7 @@ def write_history(history: list[dict], out_dir: Path) -> None:
         w = csv.writer(f)
         w.writerow(keys)
         for r in rows:
-            w.writerow([_fmt(r.get(k, "")) for k in keys])
+            w.writerow([_fmt("" if r.get(k) is None else r[k]) for k in keys])
     import matplotlib
 
     matplotlib.use("Agg")
@@ -197,9 +199,9 @@ def write_history(history: list[dict], out_dir: Path) -> None:
     curves = [k for k in keys if k.startswith(("train/", "val/")) and "grad_norm" not in k]
     fig, ax = plt.subplots(figsize=(7, 4))
     for k in curves:
-        ax.plot([r["epoch"] for r in rows], [r.get(k, math.nan) for r in rows], label=k)
+        ax.plot([r["epoch"] for r in rows], [math.nan if r.get(k) is None else r[k] for r in rows], label=k)
     ax.set_xlabel("epoch")
-    if all(r.get(k, 1.0) > 0 for r in rows for k in curves):  # losses that can go negative (hinge, InfoNCE gaps) stay linear
+    if all(r.get(k) is None or r[k] > 0 for r in rows for k in curves):  # losses that can go negative (hinge, InfoNCE gaps) stay linear
         ax.set_yscale("log")
     ax.legend(fontsize=7)
     fig.tight_layout()
