@@ -178,7 +178,8 @@ class Encoded:
     groups: np.ndarray  # (N,) group key per sample (prompt), for within/across pairs
     feat_dist: np.ndarray  # (N, N) Euclidean distances in feature space
     percep_d2: np.ndarray  # (N, N) perceptual distances (squared embedding distances)
-    colours: list[np.ndarray]  # per image: its distinct RGB codes (unique_pixel_fraction of any subset)
+    colours: list[np.ndarray]  # per image: its distinct colours, as ids into the set's distinct RGB codes
+    n_colours: int  # distinct RGB codes over the whole set (the ids run 0 .. n_colours - 1)
     ref_dist: np.ndarray  # (R, N) distances from the reference features to these features
     k_self: np.ndarray  # (N, N) KID kernel among these features
     k_ref: np.ndarray  # (N, R) KID kernel to the reference features
@@ -257,12 +258,15 @@ def encode(images: np.ndarray, prompts: list[str] | None, groups: list[str] | No
     codes = np.sort(((rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]).reshape(n, -1), axis=1)  # (N, H*W)
     first_of_run = np.ones(codes.shape, bool)  # each image's distinct colours: np.unique per row, at once
     first_of_run[:, 1:] = codes[:, 1:] != codes[:, :-1]
-    colours = [row[keep] for row, keep in zip(codes, first_of_run)]
+    # numbered once over the set, so a subset's distinct colours are counted by marking ids, not by a unique
+    palette, ids = np.unique(codes[first_of_run], return_inverse=True)
+    colours = np.split(ids.reshape(-1), np.cumsum(first_of_run.sum(1))[:-1])
     per, attrs = per_sample_metrics(images, prompts, s, rng, feats, alignment, memorisation, first, inverse, x)
     keys = groups if groups is not None else (prompts if prompts is not None else [str(i) for i in range(n)])
     key_codes = {k: i for i, k in enumerate(dict.fromkeys(keys))}
     return Encoded(images=images, feats=feats, groups=np.array([key_codes[k] for k in keys]),
-                   feat_dist=M.pairwise_distances(feats), percep_d2=percep_d2, colours=colours, per_sample=per,
+                   feat_dist=M.pairwise_distances(feats), percep_d2=percep_d2, colours=colours,
+                   n_colours=len(palette), per_sample=per,
                    ref_dist=M.pairwise_distances(s.ref_feats, feats), k_self=M.poly_kernel(feats, feats),
                    k_ref=M.poly_kernel(feats, s.ref_feats), attributes=attrs)
 
@@ -294,7 +298,9 @@ def set_metrics(e: Encoded, idx: np.ndarray, s: Scorer, rng: np.random.Generator
     out["perceptual_across_prompts"] = _pair_mean(e.percep_d2, idx, across)
     out["pairwise_distance_across"] = _pair_mean(e.feat_dist, idx, across)
     # = M.unique_pixel_fraction(images), from the per-image colour sets (much faster in the bootstrap)
-    n_colours = len(np.unique(np.concatenate([e.colours[i] for i in np.unique(idx)])))
+    present = np.zeros(e.n_colours, bool)
+    present[np.concatenate([e.colours[i] for i in np.unique(idx)])] = True
+    n_colours = int(present.sum())
     out["unique_pixel_fraction"] = n_colours / (len(idx) * images.shape[2] * images.shape[3])
     out["value_range"] = M.value_range(images)
     out["channel_std"] = M.channel_std(images)
