@@ -68,8 +68,8 @@ def choose_prompt_set(prepared: Path, heldout: int, train: int, seeds_per_prompt
 def sample_set_main(args) -> int:
     from spritegen.generators import load_generator
     from spritegen.io import write_json
-    from spritegen.runlog import log_run
     from spritegen.repro import reproducible
+    from spritegen.runlog import log_run
 
     cfg = load_section("sample", args.params, args.preset)
     run = reproducible(cfg.threads)  # {"threads", "deterministic"}: recorded in run.json
