@@ -6,8 +6,9 @@ Writes ``reference/<backend_id>/``:
 
     features.safetensors   {"train", "val", "test"}: (N, D) float64 backend features of each split
     stats.safetensors      {"<split>.mu", "<split>.sigma", "heldout.mu", "heldout.sigma"}: Gaussian statistics
-    meta.json              backend, backend_id, counts, a hash of each split's pixels, and the FD floor
-                           (train vs held-out) so the floor is visible without running `evaluate`
+    meta.json              backend, backend_id, counts, a hash of each split's pixels, the FD floor
+                           (train vs held-out) so the floor is visible without running `evaluate`, and
+                           the threads and determinism it ran under (its time goes to logs/reference.json)
 
 ``spritegen evaluate`` uses the cached features when the backend_id and the pixel hashes match the
 prepared data it reads, and computes them otherwise (a stale cache is never used).
@@ -16,6 +17,7 @@ prepared data it reads, and computes them otherwise (a stale cache is never used
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +39,10 @@ def reference_features(encode, splits: dict[str, torch.Tensor]) -> dict[str, np.
     return {name: encode(images) for name, images in splits.items()}
 
 
-def save_reference(folder: Path, backend, feats: dict[str, np.ndarray], hashes: dict[str, str], rng) -> dict:
+def save_reference(folder: Path, backend, feats: dict[str, np.ndarray], hashes: dict[str, str], rng,
+                   run: dict | None = None) -> dict:
+    """Write the features, their Gaussian statistics and ``meta.json`` (with ``run``: the thread count
+    and determinism the features were computed under)."""
     from spritegen.io import write_json
 
     folder = Path(folder) / backend.backend_id
@@ -57,7 +62,7 @@ def save_reference(folder: Path, backend, feats: dict[str, np.ndarray], hashes: 
             "n": {k: int(len(v)) for k, v in feats.items()}, "pixel_hash": hashes,
             "fd_train_vs_heldout": M.fd(feats["train"][sub], heldout) if m >= 2 else None,
             "fd_val_vs_test": M.fd(feats["val"], feats["test"]) if min(len(feats["val"]), len(feats["test"])) >= 2 else None,
-            "n_floor": int(m)}
+            "n_floor": int(m), **(run or {})}
     write_json(meta, folder / "meta.json")
     return meta
 
@@ -79,10 +84,12 @@ def main(args) -> int:
     from spritegen.data.dataset import load_split
     from spritegen.evaluate.features import make_backend
     from spritegen.params import load_section
-    from spritegen.runtime import deterministic_cpu
+    from spritegen.runlog import log_run
+    from spritegen.repro import reproducible
 
+    t0 = time.perf_counter()
     cfg = load_section("evaluate", args.params, args.preset)
-    deterministic_cpu(cfg.threads or None)
+    run = reproducible(cfg.threads)
     evaluator = None
     if cfg.backend == "evaluator":
         from spritegen.errors import UserError
@@ -95,7 +102,8 @@ def main(args) -> int:
     splits = {s: load_split(args.data, s).images for s in SPLITS}
     feats = reference_features(backend.encode_images, splits)
     meta = save_reference(Path(args.out), backend, feats, {k: images_hash(v) for k, v in splits.items()},
-                          np.random.default_rng(cfg.seed))
+                          np.random.default_rng(cfg.seed), run)
+    log_run("reference", {"seconds": round(time.perf_counter() - t0, 1), "backend_id": backend.backend_id, **run})
     print(f"reference {backend.backend_id}: {meta['n']} features; FD floor train vs held-out "
           f"{meta['fd_train_vs_heldout']} (n={meta['n_floor']})")
     return 0

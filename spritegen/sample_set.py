@@ -18,6 +18,9 @@ Output::
     samples/<family>/images/00000.png ...   one PNG per (prompt, seed)
     samples/<family>/prompts.jsonl          {"file", "prompt", "seed", "split", "record_id", "types", "primary_colour"}
     samples/<family>/grid.png               the first prompts' samples, for a quick look (DVC plot)
+    samples/<family>/run.json               how they were made: sampling settings, device, threads, determinism
+
+The wall-clock time (and ms per image) goes to ``logs/sample/<family>.json``, outside the DVC outputs.
 """
 
 from __future__ import annotations
@@ -64,19 +67,28 @@ def choose_prompt_set(prepared: Path, heldout: int, train: int, seeds_per_prompt
 
 def sample_set_main(args) -> int:
     from spritegen.generators import load_generator
+    from spritegen.io import write_json
+    from spritegen.repro import reproducible
+    from spritegen.runlog import log_run
 
     cfg = load_section("sample", args.params, args.preset)
+    run = reproducible(cfg.threads)  # {"threads", "deterministic"}: recorded in run.json
     family = args.family
     model_dir = args.model or Path("models") / family
     out = args.out or Path("samples") / (f"{family}_vae" if args.reconstruct else family)
     items = choose_prompt_set(args.data, cfg.n_heldout_prompts, cfg.n_train_prompts, cfg.seeds_per_prompt, cfg.seed)
 
     if args.reconstruct:
-        generate = _reconstructor(family, model_dir, args.data, cfg.device)
+        generate, device = _reconstructor(family, model_dir, args.data, cfg.device)
+        settings = {"reconstruct": True}
     else:
-        generator = load_generator(family, model_dir, device=cfg.device, sampler=cfg.sampler, steps=cfg.steps,
+        from spritegen.runtime import pick_device
+
+        device = pick_device(cfg.device)
+        generator = load_generator(family, model_dir, device=str(device), sampler=cfg.sampler, steps=cfg.steps,
                                    guidance=cfg.guidance, batch_size=cfg.batch_size)
         generate = lambda batch: generator.generate([it.prompt for it in batch], [it.seed for it in batch])  # noqa: E731
+        settings = {"sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance}
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     for old in images_dir.glob("*.png"):  # a re-run replaces the set; stale files would be scored
@@ -103,13 +115,19 @@ def sample_set_main(args) -> int:
 
     # rows of 8: each prompt's seeds side by side
     save_grid(torch.cat(first), out / "grid.png", ncol=cfg.seeds_per_prompt * max(1, 8 // cfg.seeds_per_prompt), scale=2)
+    write_json({"family": family, "n_images": len(items), **settings,
+                "device": device.type, **run}, out / "run.json")
     elapsed = time.perf_counter() - start
+    name = f"{family}_vae" if args.reconstruct else family
+    log_run(f"sample/{name}", {"seconds": round(elapsed, 1), "ms_per_image": round(1000 * elapsed / len(items), 1),
+                               "n_images": len(items), "device": device.type, **run})
     print(f"sample-set {family}: {len(items)} images in {elapsed:.1f}s ({1000 * elapsed / len(items):.0f} ms/image) -> {out}")
     return 0
 
 
 def _reconstructor(family: str, model_dir: Path, prepared: Path, device: str):
-    """``--reconstruct``: batch of PromptItems -> their real sprites through the bundle's VAE (uint8)."""
+    """``--reconstruct``: (batch of PromptItems -> their real sprites through the bundle's VAE (uint8),
+    the device it runs on)."""
     import torch
 
     if family != "ldm":
@@ -122,9 +140,11 @@ def _reconstructor(family: str, model_dir: Path, prepared: Path, device: str):
     ldm = load_bundle(model_dir)
     if ldm.vae is None:
         raise UserError(f"{model_dir} holds no VAE: point at a vae, unet or finetune stage output")
-    ldm = ldm.to(pick_device(device))
+    device = pick_device(device)
+    ldm = ldm.to(device)
     real = sprites_by_id(prepared)
-    return lambda batch: reconstruct_images(ldm, torch.stack([real[it.record.id] for it in batch]), [it.prompt for it in batch])
+    return (lambda batch: reconstruct_images(ldm, torch.stack([real[it.record.id] for it in batch]),
+                                             [it.prompt for it in batch])), device
 
 
 def sprites_by_id(prepared: Path) -> dict:

@@ -29,15 +29,18 @@ class SampleConfig:
     n_train_prompts: int = field(default=64, metadata={"ge": 0, "doc": "evaluation: prompts from the training split"})
     seeds_per_prompt: int = field(default=2, metadata={"ge": 1, "doc": "evaluation: images per prompt"})
     seed: int = field(default=0, metadata={"ge": 0, "doc": "evaluation: first seed"})
-    device: str = field(default="auto", metadata={"doc": "auto | cpu | cuda | mps"})
+    device: str = field(default="auto", metadata={"doc": "auto (cuda when available, else cpu) | cpu | cuda | cuda:N; mps is refused (spritegen.runtime.pick_device)"})
+    threads: int = field(default=2, metadata={"ge": 0, "doc": "torch CPU threads of sampling (0: leave as is, not pinned). The README's numbers were made with 2 (the 2-core machine); another count can change the last bits of a pixel"})
 
 
 def sample_main(args) -> int:
     from spritegen.generators import load_generator
     from spritegen.io import save_grid
     from spritegen.params import load_section
+    from spritegen.repro import reproducible
 
     cfg: SampleConfig = load_section("sample", args.params, args.preset)
+    reproducible(cfg.threads)
     if args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}")
     model = args.model or Path("models") / args.family

@@ -218,10 +218,13 @@ def test_stage_mode_is_deterministic(workspace, monkeypatch):
     results = []
     for i in range(2):
         assert cli(["evaluate", "--params", PARAMS, "--family", "det", "--out", f"det{i}.json"]) == 0
-        d = json.loads(Path(f"det{i}.json").read_text())
-        d.pop("seconds")
-        results.append(d)
-    assert results[0] == results[1]
+        results.append(Path(f"det{i}.json").read_text())
+    assert results[0] == results[1]  # byte for byte: nothing run-dependent is in the file
+    d = json.loads(results[0])
+    assert d["threads"] == TINY_SUITE.threads == 2 and d["deterministic"] is True
+    assert not any("seconds" in k for k in d) and "seconds" not in d["evaluator"]
+    log = json.loads(Path("logs/evaluate/det.json").read_text())  # the timing went to the run log
+    assert log["seconds"] >= 0 and log["threads"] == 2
 
 
 def test_standalone_scores_any_folder(workspace, tmp_path, capsys):
@@ -287,3 +290,42 @@ def test_report_normalised_score():
     assert normalised(m) == pytest.approx(0.5)
     assert normalised({**m, "baselines": {"noise": 0.89}}) is None  # baseline ≈ floor: uninformative
     assert normalised({**m, "floor": None}) is None
+
+
+def test_evaluator_device_param(monkeypatch, tmp_path):
+    """evaluator.device: auto | cpu | cuda; mps refused naming the param, never picked by auto."""
+    from spritegen.config import ConfigError
+    from spritegen.errors import UserError
+    from spritegen.repro import resolve_device
+
+    assert EvaluatorConfig().device == "auto"
+    for bad in ("mps", "mps:0"):
+        with pytest.raises(ConfigError, match=r"evaluator\.device: 'mps(:0)?' is not supported"):
+            from_dict(EvaluatorConfig, {"device": bad}, "evaluator")
+    with pytest.raises(ConfigError, match=r"evaluator\.device: 'tpu' is not one of"):
+        from_dict(EvaluatorConfig, {"device": "tpu"}, "evaluator")
+    # auto: cuda when there is one, else cpu, even where mps is available
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto", "evaluator.device") == torch.device("cpu")
+    with pytest.raises(UserError, match=r"evaluator\.device: 'cuda' but CUDA is not available"):
+        resolve_device("cuda", "evaluator.device")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto", "evaluator.device") == torch.device("cuda")
+    # the stage itself stops before any work, naming the param
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluator:\n  device: mps\n")
+    assert cli(["evaluator", "--params", str(params), "--data", str(tmp_path / "none")]) == 2
+
+
+def test_evaluator_trains_on_the_given_device_and_returns_to_cpu():
+    images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    prompts = [(f"a {c} pokemon", f"{c}") for c in ["red", "blue"] * 8]
+    e1, l1 = train_clip(TINY_EVAL, images, prompts, torch.Generator().manual_seed(3), log=None)
+    e2, l2 = train_clip(TINY_EVAL, images, prompts, torch.Generator().manual_seed(3), log=None, device="cpu")
+    assert l1 == l2 and all(p.device.type == "cpu" for p in e1.model.parameters())
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA here: the cuda path (same batches, weights close to the CPU's) is not run")
+    e3, l3 = train_clip(TINY_EVAL, images, prompts, torch.Generator().manual_seed(3), log=None, device="cuda")
+    assert all(p.device.type == "cpu" for p in e3.model.parameters())  # scored and saved on the CPU
+    assert np.allclose(l1, l3, rtol=1e-3, atol=1e-3)

@@ -84,6 +84,13 @@ def test_whole_pipeline_tiny(repo_copy):
     assert "metrics/ldm.json" in shown
     assert not list(repo_copy.glob("models/**/.state/*/last.json"))  # completed stages leave no run state
     assert json.loads((repo_copy / "logs/ldm/vae.json").read_text())["seconds"] > 0  # timings live in logs/
+    assert json.loads((repo_copy / "logs/evaluator.json").read_text())["train_seconds"] > 0
+    assert json.loads((repo_copy / "logs/sample/ldm.json").read_text())["ms_per_image"] > 0
+    evaluator = json.loads((repo_copy / "metrics/evaluator.json").read_text())
+    scored = json.loads((repo_copy / "metrics/ldm.json").read_text())
+    for record in (evaluator, scored, json.loads((repo_copy / "samples/ldm/run.json").read_text())):
+        assert record["threads"] == 2 and record["deterministic"] is True  # what the numbers were made under
+    assert not [k for k in [*evaluator, *scored, *scored["evaluator"]] if "seconds" in k]
 
 
 def test_a_fresh_clone_reproduces_every_hash_and_metric(repo_copy, tmp_path):
