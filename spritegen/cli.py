@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None)
-    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++"], default=None)
+    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++", "dpm++sde", "unipc"], default=None,
+                   help="default: sample.sampler; spritegen.ldm.diffusion.make_sampler says which are SDE and ODE solvers")
     p.add_argument("--out", type=Path, default=Path("grid.png"))
     p.add_argument("--device", default=None, help="auto | cpu | cuda | mps (default: sample.device)")
     p.set_defaults(run=_dispatch("spritegen.sampling:sample_main"))

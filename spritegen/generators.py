@@ -1,6 +1,6 @@
 """Every generator family behind one small interface (see docs/architecture.md, "Generators").
 
-    gen = load_generator("ldm", Path("models/ldm"), sampler="dpm++", steps=20, guidance=3.0)
+    gen = load_generator("ldm", Path("models/ldm"), sampler="dpm++sde", steps=25, guidance=3.0)
     images = gen.generate(["a red fire type pokemon"], seeds=[0])   # (1, 3, R, R) uint8
 
 Image i depends only on (weights, prompts[i], seeds[i], sampling settings), whatever the batch.

@@ -70,7 +70,7 @@ def test_missing_previous_stage_is_a_clear_error(tmp_path, monkeypatch):
 def test_sample_cli_same_arguments_same_pixels(workdir, monkeypatch):
     monkeypatch.chdir(workdir)
     args = ["sample", "a red fire type pokemon", "--preset", "tiny", "--n", "3", "--seed", "5", "--steps", "4"]
-    for sampler in ("ddpm", "ddim", "dpm++"):
+    for sampler in ("ddpm", "ddim", "dpm++", "dpm++sde", "unipc"):
         assert cli(args + ["--sampler", sampler, "--out", f"a_{sampler}.png"]) == 0
         assert cli(args + ["--sampler", sampler, "--out", f"b_{sampler}.png"]) == 0
         a, b = np.asarray(Image.open(f"a_{sampler}.png")), np.asarray(Image.open(f"b_{sampler}.png"))

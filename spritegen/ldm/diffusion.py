@@ -18,8 +18,11 @@ import torch.nn.functional as F
 
 from spritegen.ldm.unet import UNetConfig
 
-Sampler = Literal["ddpm", "ddim", "dpm++"]
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++")
+Sampler = Literal["ddpm", "ddim", "dpm++", "dpm++sde", "unipc"]
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++", "dpm++sde", "unipc")
+# the samplers that draw fresh noise at every step: they integrate the reverse SDE, as DDPM does; the
+# others integrate the probability-flow ODE, which under guidance is a different distribution (make_sampler)
+STOCHASTIC: tuple[str, ...] = ("ddpm", "dpm++sde")
 _BETA = {"cosine": "squaredcos_cap_v2", "linear": "linear", "scaled_linear": "scaled_linear"}
 
 
@@ -116,20 +119,32 @@ def drop_prompts(prompts: list[str], p: float, generator: torch.Generator) -> tu
 def make_sampler(name: str, cfg: UNetConfig, clip: float):
     """A fresh diffusers scheduler for ``name`` (they keep per-run state, so one per sampling call).
 
+    ``ddpm`` and ``dpm++sde`` (DPM-Solver++ 2M SDE) integrate the reverse SDE; ``ddim``, ``dpm++``
+    (DPM-Solver++ 2M) and ``unipc`` (UniPC, bh2) the probability-flow ODE. Without guidance both reach
+    the data distribution. With classifier-free guidance they do not reach the same one: the guided
+    prediction uncond + w (cond - uncond) is not the score of any noised family of distributions, so
+    the ODE and the SDE built on it end apart, and the ODE's end is the narrower one (on Gaussian data
+    with guidance 5, a standard deviation of 0.08 against 0.25; tests/test_ldm_diffusion.py computes
+    both ends in closed form). So only an SDE solver can agree with DDPM run long.
+
     ``clip``: x_0 predictions are clipped to +-clip (the latent clamp), not diffusers' default +-1 which
-    is meant for pixels and would flatten unit-variance latents. DPM-Solver++ uses the trailing timestep
-    spacing and ``final_sigmas_type="zero"`` with ``lower_order_final``; it is checked against DDPM in
-    tests/test_ldm_diffusion.py."""
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+    is meant for pixels and would flatten unit-variance latents (``sample`` clips for every sampler).
+    Every sampler uses the trailing timestep spacing (its first step at t = T - 1, pure noise); the
+    multistep solvers end with a first-order step to sigma = 0 (``final_sigmas_type="zero"``)."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
     common = dict(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=_BETA[cfg.beta_schedule], prediction_type=cfg.prediction_type)
     if name == "ddpm":
         return DDPMScheduler(**common, clip_sample=True, clip_sample_range=clip, timestep_spacing="trailing")
     if name == "ddim":
         return DDIMScheduler(**common, clip_sample=True, clip_sample_range=clip, set_alpha_to_one=True, timestep_spacing="trailing")
-    if name == "dpm++":
-        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True,
+    if name in ("dpm++", "dpm++sde"):
+        algorithm = "sde-dpmsolver++" if name == "dpm++sde" else "dpmsolver++"
+        return DPMSolverMultistepScheduler(**common, algorithm_type=algorithm, solver_order=2, lower_order_final=True,
                                            final_sigmas_type="zero", timestep_spacing="trailing")
+    if name == "unipc":
+        return UniPCMultistepScheduler(**common, solver_order=2, solver_type="bh2", predict_x0=True, final_sigmas_type="zero",
+                                       timestep_spacing="trailing")
     raise ValueError(f"unknown sampler {name!r}; samplers: {SAMPLERS}")
 
 
@@ -140,17 +155,19 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B, C, h
 def sample(denoise: Denoiser, shape: tuple[int, ...], generators: list[torch.Generator], sampler: str, steps: int,
            cfg: UNetConfig, clip: float, device: torch.device | str = "cpu") -> torch.Tensor:
     """Run ``sampler`` for ``steps`` steps from pure noise. ``shape`` is one latent's (C, h, w);
-    ``generators[i]`` draws all of image i's randomness (initial noise and DDPM's per-step noise)."""
+    ``generators[i]`` draws all of image i's randomness (initial noise and the stochastic samplers'
+    per-step noise)."""
     scheduler = make_sampler(sampler, cfg, clip)
     scheduler.set_timesteps(steps, device=device)
     x = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)  # (B, C, h, w)
     x = x * scheduler.init_noise_sigma
     process = NoiseSchedule(cfg)
+    # a list of generators: diffusers draws the per-step noise of image i from generators[i]
+    step_kwargs = {"generator": generators} if sampler in STOCHASTIC else {}
     for t in scheduler.timesteps:
         t_batch = torch.full((len(x),), int(t), device=device, dtype=torch.long)
         pred = process.clip_prediction(denoise(scheduler.scale_model_input(x, t), t_batch), x, t_batch, clip)
-        # a list of generators: diffusers draws DDPM's per-step noise of image i from generators[i]
-        x = scheduler.step(pred, t, x, generator=generators).prev_sample
+        x = scheduler.step(pred, t, x, **step_kwargs).prev_sample
     return x
 
 

@@ -1,6 +1,6 @@
 """Sampling from a latent diffusion bundle: prompts + seeds -> uint8 images.
 
-    gen = LDMGenerator.load("models/ldm/finetune", sampler="dpm++", steps=20, guidance=3.0)
+    gen = LDMGenerator.load("models/ldm/finetune", sampler="dpm++sde", steps=25, guidance=3.0)
     images = gen.generate(["a red fire type pokemon"], seeds=[0])   # (1, 3, R, R) uint8
 
 Image i depends only on (weights, prompts[i], seeds[i], sampler settings): its initial noise and every
@@ -66,7 +66,7 @@ class LDMGenerator:
 
     family = "ldm"
 
-    def __init__(self, ldm: LDM, device: torch.device, sampler: str = "dpm++", steps: int = 20, guidance: float = 3.0,
+    def __init__(self, ldm: LDM, device: torch.device, sampler: str = "dpm++sde", steps: int = 25, guidance: float = 3.0,
                  batch_size: int = 32):
         self.ldm = ldm.to(device)
         self.unet = ema_unet(ldm)
