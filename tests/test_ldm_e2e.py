@@ -436,5 +436,5 @@ def test_decoder_option_mismatch_is_a_clear_error(workdir, tc_workdir, tmp_path,
     meta = yaml.safe_load(cfg_path.read_text())
     meta["vae"]["text_conditioned_decoder"] = False
     cfg_path.write_text(yaml.safe_dump(meta, sort_keys=False))
-    with pytest.raises(UserError, match="text_attn"):
+    with pytest.raises(UserError, match="text_conditioned_decoder is false in config.yaml but the weights hold"):
         load_bundle(tmp_path / "models/ldm/vae")
