@@ -53,6 +53,18 @@ WALLS = (
          "scores must not depend on how a generator is trained: an evaluation stage that imports the loop "
          "re-runs (and can change) whenever the loop changes, and a trainer could quietly share its code",
          allowed=("spritegen.evaluate.*",)),  # the evaluator's own training (train_clip) is evaluation
+    Wall("training imports nothing from evaluation",
+         ("spritegen/train/*.py", "spritegen/*/train.py", "spritegen/*/train_*.py", "spritegen/params.py"),
+         ("spritegen.evaluate", "spritegen.evaluate.*"),
+         "a training stage that loads the evaluator re-runs when the evaluator changes, and params "
+         "validation must not pull evaluation in through a registry of every section"),
+    Wall("model modules import no data loading, training loop or CLI",
+         ("spritegen/ldm/vae.py", "spritegen/ldm/unet.py", "spritegen/ldm/diffusion.py", "spritegen/ldm/models.py",
+          "spritegen/ldm/losses.py", "spritegen/text/encoder.py"),
+         ("spritegen.data", "spritegen.data.*", *TRAINERS, "spritegen.cli", "spritegen.cli.*", "spritegen.params",
+          "spritegen.params.*", "argparse", "dvclive", "dvclive.*"),
+         "a model is loaded by sampling, the API and the evaluator: it must not drag in a data source, a loop "
+         "or a command line, and the loop stays beside the model, not in its module"),
 )
 
 
