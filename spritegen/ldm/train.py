@@ -38,7 +38,7 @@ from spritegen.ldm.models import LDM, ldm_from_text_stage, load_bundle, save_bun
 from spritegen.ldm.pipeline import FIXED_PROMPTS, ema_unet, generate_images
 from spritegen.ldm.schedule import Phase
 from spritegen.ldm.unet import denoise
-from spritegen.ldm.vae import Perceptual, decode, kl_free_bits, kl_weight, measure_scale, recon_loss
+from spritegen.ldm.vae import Perceptual, called_parts, decode, kl_free_bits, kl_weight, measure_scale, recon_loss
 from spritegen.text.encoder import TextEncoder
 from spritegen.train import distributed
 from spritegen.train.batches import Batch, PromptPool, SpriteBatches
@@ -221,9 +221,10 @@ def build_models(stage: str, cfgs: dict, prev: Path, resolution: int, rt: Runtim
 def prepare_stage(stage: str, cfgs: dict, ldm: LDM, train: SpriteSplit, rt: Runtime) -> StageRun:
     """Models on the device (layout, compile), the data on the device, the process, loss pieces, guard, EMA."""
     ldm.to(rt.device)
-    for m in (ldm.vae, ldm.unet):
-        if m is not None:
-            rt.prepare(m)
+    if ldm.vae is not None:
+        rt.prepare(ldm.vae, called_parts(ldm.vae))
+    if ldm.unet is not None:
+        rt.prepare(ldm.unet)
     ema = None
     if ldm.unet is not None:
         ema = EMA(ldm.unet, ldm.unet_cfg.ema_decay)

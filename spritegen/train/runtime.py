@@ -51,14 +51,17 @@ class Runtime:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
+    def prepare(self, module: torch.nn.Module, parts: list[torch.nn.Module] | None = None) -> torch.nn.Module:
         """Move a model to the device in the configured memory layout, compiled when asked. ``compile()``
-        compiles in place, so state_dict keys (and checkpoints) are unchanged."""
+        compiles in place, so state_dict keys (and checkpoints) are unchanged. It compiles ``forward``
+        only: a model used through other methods (a VAE's encode/decode) names in ``parts`` the
+        submodules those methods call, and they are compiled instead."""
         module.to(self.device)
         if self.cfg.channels_last:
             module.to(memory_format=torch.channels_last)
         if self.cfg.compile:
-            module.compile()
+            for part in parts if parts is not None else [module]:
+                part.compile()
         return module
 
     def settings(self) -> dict:
