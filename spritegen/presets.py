@@ -2,6 +2,7 @@
 
 * ``default``: params.yaml as it is (sized for a 2-core CPU: 32 px sprites, the whole pipeline in minutes).
 * ``ci``: the profile the quality gate runs (about 12 minutes on 2 idle cores, deterministic on the CPU).
+* ``gpu``: one modern GPU (unmeasured: written without a GPU at hand).
 * ``tiny``: seconds, for tests. Its numbers mean nothing; it only exercises every code path.
 
 Write one to a file with ``spritegen params --preset ci > params.yaml``.
@@ -24,6 +25,20 @@ PRESETS: dict[str, dict] = {
         # runner is not slowed by thread contention)
         "evaluator": {"epochs": 15, "threads": 1},
         "evaluate": {"bootstrap": 50, "threads": 1},
+    },
+    "gpu": {
+        # One modern GPU (an H100/H200 class card). UNMEASURED: no GPU was lent while it was written, so
+        # its speed and quality are not known; benchmarks/bench_train.py --preset gpu prints the first.
+        # bf16 autocast and TF32 for the matmuls, batches large enough to keep the card busy (the 2-core
+        # default's 16/32 leave a GPU waiting on kernel launches), learning rates raised about with the
+        # square root of the batch, and more epochs, which the card pays for in minutes.
+        "train": {"precision": "bf16", "tf32": True, "channels_last": True},
+        "text": {"mlm_batch_size": 256, "mlm_lr": 1.0e-3},
+        "vae": {"batch_size": 128, "lr": 6.0e-3},
+        "unet": {"batch_size": 256, "lr": 3.0e-3},
+        "ldm": {"stage_epochs": {"vae": 300, "unet": 400, "finetune": 4}},
+        "sample": {"batch_size": 256},
+        "evaluator": {"batch_size": 128, "lr": 1.4e-3, "epochs": 24},
     },
     "tiny": {
         "metadata": {"limit": 48, "prompts_per_sprite": 5},
