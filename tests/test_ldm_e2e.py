@@ -171,7 +171,7 @@ def test_resume_refuses_changed_params_unless_allowed(workdir, tmp_path, monkeyp
     capsys.readouterr()
     assert cli(base + ["--resume"]) == 2
     err = capsys.readouterr().err
-    assert "unet.lr: checkpoint 0.0015 -> params.yaml 0.0005" in err and "unet.ema_decay" in err
+    assert "unet.lr: checkpoint 0.001 -> params.yaml 0.0005" in err and "unet.ema_decay" in err
     assert cli(base + ["--resume", "--allow-param-changes"]) == 0
     err = capsys.readouterr().err
     assert "continuing with these params changed" in err and "resuming unet at epoch 1" in err

@@ -35,8 +35,8 @@ class UNetConfig:
     cond_dropout: float = field(default=0.1, metadata={"ge": 0, "lt": 1, "doc": "probability a prompt is replaced by the empty prompt (classifier-free guidance)"})
     pooled_text: bool = field(default=True, metadata={"arch": True, "doc": "also add the pooled text (masked mean of the token states) to the time embedding, as Imagen and SDXL do: a global path for colour and type that a small U-Net learns in far fewer steps than cross-attention alone"})
     # --- optimisation
-    batch_size: int = field(default=32, metadata={"ge": 1, "doc": "images per step (global over data-parallel ranks); 32 at lr 1.5e-3 is the CPU recipe (16 ran 1.3x fewer images per second)"})
-    lr: float = field(default=1.5e-3, metadata={"gt": 0, "doc": "AdamW peak learning rate"})
+    batch_size: int = field(default=16, metadata={"ge": 1, "doc": "images per step (global over data-parallel ranks). Small: more updates per image seen (32 at lr 1.5e-3 ran 1.3x more images per second on 2 cores; docs/ldm.md, Recipe)"})
+    lr: float = field(default=1e-3, metadata={"gt": 0, "doc": "AdamW peak learning rate"})
     weight_decay: float = field(default=1e-4, metadata={"ge": 0, "doc": "AdamW weight decay (seed: 1e-4)"})
     grad_clip: float = field(default=1.0, metadata={"gt": 0, "doc": "max gradient norm of the U-Net (seed: 0.7)"})
     ema_decay: float = field(default=0.995, metadata={"ge": 0, "lt": 1, "doc": "EMA decay of the U-Net weights used for sampling"})
