@@ -1,7 +1,7 @@
 """Named presets: overrides applied on top of params.yaml.
 
 * ``default``: params.yaml as it is (sized for a 2-core CPU: 32 px sprites, the whole pipeline in minutes).
-* ``ci``: the profile the quality gate runs (about 12 minutes on 2 idle cores, deterministic on the CPU).
+* ``ci``: the profile the quality gate runs (about 7 minutes on 2 idle cores, deterministic on the CPU).
 * ``gpu``: one modern GPU (unmeasured: written without a GPU at hand).
 * ``tiny``: seconds, for tests. Its numbers mean nothing; it only exercises every code path.
 
