@@ -8,12 +8,14 @@ so ``spritegen --help`` stays fast and each procedure keeps a single entry point
     spritegen metadata | prepare                       # DVC stages
     spritegen train text                               # DVC stage: the text encoder every family reads
     spritegen train ldm --stage vae|unet|finetune      # DVC stages of the latent diffusion family
+    spritegen train cvae                               # DVC stage of the conditional VAE family
     spritegen sample "PROMPT" --n 8 --seed 0 --out grid.png
     spritegen evaluate --generated DIR --reference DIR [--prompts FILE]
     spritegen gate --baseline REV|FILE [--current metrics]   # exit 1: regressed, 2: cannot compare
     spritegen baseline update --reason "why"           # new ci baseline (then commit it)
     spritegen compare [EXP ...] [--format markdown]    # experiments side by side with CIs
     spritegen params [--preset tiny]                   # the resolved params, validated
+    spritegen preset list | show NAME | apply NAME [--exp]   # named presets (spritegen/presets/)
 """
 
 from __future__ import annotations
@@ -26,7 +28,19 @@ from pathlib import Path
 
 def _params_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", type=Path, default=None, help="params file (default: ./params.yaml)")
-    p.add_argument("--preset", default=None, help="apply a named preset on top (tiny, ci)")
+    p.add_argument("--preset", default=None, help="apply a named preset on top (tiny, ci; spritegen preset list)")
+
+
+def _run_state_args(p: argparse.ArgumentParser) -> None:
+    """A training stage's resume flags (spritegen/train/state.py)."""
+    p.add_argument("--resume", action="store_true",
+                   help="continue the stage's interrupted run even if params, code or inputs changed (a changed param is an error "
+                        "naming it, unless --allow-param-changes)")
+    p.add_argument("--allow-param-changes", action="store_true", help="with --resume: continue under the changed params, and say which")
+    p.add_argument("--fresh", action="store_true", help="discard an interrupted run's state and start from the beginning")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved params and stop")
+    p.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
+                   help="stop after this many epochs of this run (time-limited jobs); the same command continues it")
 
 
 def _dispatch(target: str):
@@ -45,6 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("params", help="print the resolved, validated params (defaults filled in)")
     _params_args(p)
     p.set_defaults(run=_dispatch("spritegen.params_cli:main"))
+
+    preset = sub.add_parser("preset", help="named presets: list, show, apply to params.yaml",
+                            description="Named param overrides kept as YAML files in spritegen/presets/; "
+                                        "see docs/presets.md.").add_subparsers(dest="preset_cmd", required=True)
+    p = preset.add_parser("list", help="every preset: name, kind, description")
+    p.set_defaults(run=_dispatch("spritegen.preset_cli:list_main"))
+    p = preset.add_parser("show", help="what a preset sets (as YAML) and which presets it is made of")
+    p.add_argument("name")
+    p.set_defaults(run=_dispatch("spritegen.preset_cli:show_main"))
+    p = preset.add_parser("apply", help="write a preset's overrides into params.yaml (validated first)")
+    p.add_argument("name")
+    p.add_argument("--params", type=Path, default=None, help="params file (default: ./params.yaml)")
+    p.add_argument("--exp", action="store_true",
+                   help="write nothing; print a 'dvc exp run -S key=value ...' line that runs the preset as an experiment")
+    p.set_defaults(run=_dispatch("spritegen.preset_cli:apply_main"))
 
     # --- data ---------------------------------------------------------------------------------------
     data = sub.add_parser("data", help="raw data: fetch and inspect").add_subparsers(dest="data_cmd", required=True)
@@ -96,15 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=Path("data/prepared"))
     p.add_argument("--text", type=Path, default=Path("models/text"), help="the text stage's output (the vae stage starts from it)")
     p.add_argument("--out", type=Path, default=Path("models/ldm"))
-    p.add_argument("--resume", action="store_true",
-                   help="continue the stage's interrupted run even if params, code or inputs changed (a changed param is an error "
-                        "naming it, unless --allow-param-changes)")
-    p.add_argument("--allow-param-changes", action="store_true", help="with --resume: continue under the changed params, and say which")
-    p.add_argument("--fresh", action="store_true", help="discard an interrupted run's state and start from the beginning")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved params and phases and stop")
-    p.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
-                   help="stop after this many epochs of this run (time-limited jobs); the same command continues it")
+    _run_state_args(p)
     p.set_defaults(run=_dispatch("spritegen.ldm.train:main"))
+
+    p = train.add_parser("cvae", help="the conditional VAE of seed 004 (docs/cvae.md)",
+                         description="An interrupted run (killed, --stop-after) continues when the same command runs again "
+                                     "with the same params, code and inputs; its result equals an uninterrupted run's.")
+    _params_args(p)
+    p.add_argument("--data", type=Path, default=Path("data/prepared"))
+    p.add_argument("--text", type=Path, default=Path("models/text"), help="the text stage's output (frozen, read by the condition)")
+    p.add_argument("--out", type=Path, default=Path("models/cvae"))
+    _run_state_args(p)
+    p.set_defaults(run=_dispatch("spritegen.cvae.train:main"))
 
     # --- sampling -----------------------------------------------------------------------------------
     p = sub.add_parser("sample", help="sample a PNG grid: one row of --n images per prompt")
@@ -116,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--temperature", type=float, default=None, help="cvae: the prior's temperature (default: sample.temperature)")
     p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++", "dpm++sde", "unipc"], default=None,
                    help="default: sample.sampler; spritegen.ldm.diffusion.make_sampler says which are SDE and ODE solvers")
     p.add_argument("--out", type=Path, default=Path("grid.png"))

@@ -23,15 +23,23 @@ class Generator(Protocol):
     def generate(self, prompts: list[str], seeds: list[int]) -> torch.Tensor: ...  # (N, 3, R, R) uint8
 
 
-def _load_ldm(model_dir: Path, device: str = "auto", **sampling) -> Generator:
+def _load_ldm(model_dir: Path, device: str = "auto", temperature: float = 1.0, **sampling) -> Generator:
     from spritegen.ldm.pipeline import LDMGenerator
 
-    return LDMGenerator.load(model_dir, device=device, **sampling)
+    return LDMGenerator.load(model_dir, device=device, **sampling)  # the temperature is the latent families'
 
 
-# family -> loader(model_dir, device, **sampling). Other families (cvae, gan) register here.
+def _load_cvae(model_dir: Path, device: str = "auto", **sampling) -> Generator:
+    from spritegen.cvae.bundle import CVAEGenerator
+
+    return CVAEGenerator.load(model_dir, device=device, **sampling)  # ignores the diffusion sampler's settings
+
+
+# family -> loader(model_dir, device, **sampling); sampling = the ``sample`` section's settings, each
+# family taking those it uses. The gan family registers here.
 REGISTRY: dict[str, Callable[..., Generator]] = {
     "ldm": _load_ldm,
+    "cvae": _load_cvae,
 }
 
 

@@ -28,6 +28,7 @@ SECTIONS: dict[str, str] = {
     "vae": "spritegen.ldm.vae:VAEConfig",
     "unet": "spritegen.ldm.unet:UNetConfig",
     "ldm": "spritegen.ldm.schedule:LDMScheduleConfig",
+    "cvae": "spritegen.cvae.config:CVAEConfig",
     "sample": "spritegen.sampling:SampleConfig",
     "evaluator": "spritegen.evaluate.evaluator:EvaluatorConfig",
     "evaluate": "spritegen.evaluate.suite:EvaluateConfig",

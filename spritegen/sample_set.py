@@ -86,9 +86,10 @@ def sample_set_main(args) -> int:
 
         device = pick_device(cfg.device)
         generator = load_generator(family, model_dir, device=str(device), sampler=cfg.sampler, steps=cfg.steps,
-                                   guidance=cfg.guidance, batch_size=cfg.batch_size)
+                                   guidance=cfg.guidance, temperature=cfg.temperature, batch_size=cfg.batch_size)
         generate = lambda batch: generator.generate([it.prompt for it in batch], [it.seed for it in batch])  # noqa: E731
-        settings = {"sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance}
+        settings = ({"sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance} if family == "ldm"
+                    else {"temperature": cfg.temperature})
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     for old in images_dir.glob("*.png"):  # a re-run replaces the set; stale files would be scored

@@ -17,7 +17,6 @@ stage's own loss, through the loop's own ``setup_phase`` and ``train_step``, mus
 import pytest
 import torch
 
-from spritegen.config import from_dict
 from spritegen.params import load_all
 
 pytestmark = pytest.mark.slow

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 # imported by every stage but unable to change an output: argument parsing, presets (not used by dvc.yaml's
 # commands, which read params.yaml), run logs (logs/ is not an output), exception classes, package markers
-NOT_DEPS = {"spritegen/cli.py", "spritegen/presets.py", "spritegen/runlog.py", "spritegen/errors.py", "spritegen/__main__.py"}
+NOT_DEPS = {"spritegen/cli.py", "spritegen/presets/__init__.py", "spritegen/runlog.py", "spritegen/errors.py", "spritegen/__main__.py"}
 
 RECORDER = r"""
 import dataclasses, json, sys
@@ -71,6 +71,7 @@ STAGES = {  # dvc.yaml stage -> command (as in dvc.yaml) and the key of its decl
     "ldm_vae": ["train", "ldm", "--stage", "vae"],
     "ldm_unet": ["train", "ldm", "--stage", "unet"],
     "ldm_finetune": ["train", "ldm", "--stage", "finetune"],
+    "cvae": ["train", "cvae"],
 }
 
 
@@ -105,6 +106,10 @@ def _covered(key: str, declared: list[str]) -> bool:
 def _declared_in_code(stage: str) -> tuple[str, ...]:
     if stage == "text":
         from spritegen.text.train import PARAMS
+
+        return PARAMS
+    if stage == "cvae":
+        from spritegen.cvae.train import PARAMS
 
         return PARAMS
     from spritegen.ldm.train import PARAMS

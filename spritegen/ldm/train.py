@@ -38,15 +38,16 @@ from spritegen.ldm.models import LDM, ldm_from_text_stage, load_bundle, save_bun
 from spritegen.ldm.pipeline import FIXED_PROMPTS, ema_unet, generate_images
 from spritegen.ldm.schedule import Phase
 from spritegen.ldm.unet import denoise
-from spritegen.ldm.vae import Perceptual, called_parts, decode, kl_free_bits, kl_weight, measure_scale, recon_loss
+from spritegen.ldm.vae import called_parts, decode, kl_free_bits, kl_weight, measure_scale, recon_loss
 from spritegen.text.encoder import TextEncoder
 from spritegen.train import distributed
 from spritegen.train.batches import Batch, PromptPool, SpriteBatches
 from spritegen.train.guards import EarlyStopping, StepGuard
+from spritegen.train.image_losses import Perceptual
 from spritegen.train.log import Means, TrainLog, memory
 from spritegen.train.optim import EMA, adamw, guarded_step, load_opt_state, opt_state, set_lr
 from spritegen.train.runtime import Runtime, start
-from spritegen.train.state import (check_resume_params, code_files, copy_checkpoint, fingerprint, load_run_state, open_state,
+from spritegen.train.state import (check_resume_params, code_files, fingerprint, load_run_state, open_state,
                                    save_run_state, state_root, write_atomic)
 from spritegen.train.text import PromptTable
 

@@ -43,8 +43,8 @@ def main(args) -> int:
     rt = start(cfgs["train"])
     train, val = load_split(args.data, "train"), load_split(args.data, "val")
     t0 = time.time()
-    metrics = train_text_stage(cfgs["text"], rt, [p for r in train.records for p in r.prompts],
-                               [p for r in val.records for p in r.prompts], Path(args.out), select(cfgs, PARAMS))
+    train_text_stage(cfgs["text"], rt, [p for r in train.records for p in r.prompts],
+                     [p for r in val.records for p in r.prompts], Path(args.out), select(cfgs, PARAMS))
     log_run("text", {"seconds": time.time() - t0, **rt.settings()})
     return 0
 

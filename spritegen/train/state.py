@@ -167,12 +167,3 @@ def check_resume_params(saved: dict, current_params: dict, allow: bool, say: Cal
         raise UserError(f"--resume: params differ from the checkpoint's:\n{lines}\n"
                         "set them back, pass --allow-param-changes to continue with the new values, or drop --resume to start fresh")
     say(f"--resume --allow-param-changes: continuing with these params changed:\n{lines}")
-
-
-def copy_checkpoint(root: Path, name: str, dst: Path) -> bool:
-    """Copy the current version of checkpoint ``name`` to ``dst`` (the stage's output keeps it)."""
-    src = current(root, name)
-    if src is None:
-        return False
-    shutil.copytree(src, dst, dirs_exist_ok=True)
-    return True

@@ -1,0 +1,115 @@
+"""A trained CVAE's folder, and generation from prompts alone.
+
+    models/cvae/
+      model.safetensors   cvae.* (the CVAE) and text.* (the frozen shared text encoder it reads)
+      tokenizer/          the text stage's tokenizer
+      config.yaml         family: cvae, the cvae params, resolution, the attribute vocabularies, text model
+
+    gen = CVAEGenerator.load("models/cvae", device="cpu", temperature=1.0)
+    images = gen.generate(["a small red fire type pokemon"], seeds=[0])    # (1, 3, R, R) uint8
+
+Generation parses the attributes from the prompt (spritegen/cvae/attributes.py; what it does not name is
+"unknown", as training showed the model), encodes the prompt, and decodes z ~ N(0, temperature² I)
+drawn from the image's own seed: the same prompt, seed and checkpoint give the same bytes, whatever the
+batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from spritegen.checkpoint import load_config, load_into, load_tensors, save_checkpoint
+from spritegen.config import ConfigError, from_dict, to_dict
+from spritegen.cvae.attributes import ATTRIBUTES, parse_prompt
+from spritegen.cvae.config import CVAEConfig
+from spritegen.cvae.model import CVAE
+from spritegen.errors import UserError
+from spritegen.io import to_uint8
+from spritegen.runtime import pick_device
+from spritegen.text.encoder import TextEncoder, build_text_encoder, save_tokenizer, text_config_dict
+
+
+def cardinalities() -> list[int]:
+    return [len(values) for values in ATTRIBUTES.values()]
+
+
+def save_bundle(folder: Path, model: CVAE, text: TextEncoder, extra: dict) -> Path:
+    config = {"family": "cvae", "cvae": to_dict(model.cfg), "resolution": model.resolution,
+              "text_model": text_config_dict(text), "attributes": {k: list(v) for k, v in ATTRIBUTES.items()}, **extra}
+    save_checkpoint(folder, {"cvae": model, "text": text.model}, config)
+    save_tokenizer(text, folder)
+    return Path(folder)
+
+
+def load_bundle(folder: str | Path) -> tuple[CVAE, TextEncoder, dict]:
+    """The CVAE and its text encoder under the bundle's own config. A folder of another family, or one
+    whose attribute vocabularies differ from this code's, is refused with what differs."""
+    folder = Path(folder)
+    if not (folder / "model.safetensors").exists():
+        raise UserError(f"{folder} holds no checkpoint (model.safetensors): train the cvae family first (dvc repro cvae)")
+    meta = load_config(folder)
+    family = meta.get("family", "ldm" if "vae" in meta or "unet" in meta else "unknown")
+    if family != "cvae":
+        raise UserError(f"{folder} holds a {family!r} model, not a 'cvae' one: load it as the {family} family")
+    if meta.get("attributes") != {k: list(v) for k, v in ATTRIBUTES.items()}:
+        raise UserError(f"{folder}: its attribute vocabularies differ from this code's (spritegen/cvae/attributes.py); retrain it")
+    try:
+        cfg = from_dict(CVAEConfig, meta["cvae"], "cvae")
+    except ConfigError as e:
+        raise UserError(f"{folder}/config.yaml: {e}") from None
+    flat = load_tensors(folder / "model.safetensors")
+    text = build_text_encoder(meta["text_model"], folder)
+    load_into(text.model, flat, "text", folder)
+    model = CVAE(cfg, int(meta["resolution"]), text.dim, cardinalities())
+    load_into(model, flat, "cvae", folder)
+    return model.eval(), text.eval(), meta
+
+
+def prompt_attributes(prompts: list[str], device: torch.device) -> torch.Tensor:
+    """(B, A) attribute ids parsed from the prompts (an empty prompt is an error naming it)."""
+    rows = [parse_prompt(p) for p in prompts]
+    return torch.tensor([[row[k] for k in ATTRIBUTES] for row in rows], device=device)
+
+
+@torch.no_grad()
+def generate_images(model: CVAE, text: TextEncoder, prompts: list[str], seeds: list[int], temperature: float = 1.0,
+                    batch_size: int = 64) -> torch.Tensor:
+    """(N, 3, R, R) uint8: prompts[i] decoded from z drawn with seeds[i] (a CPU generator per image, so a
+    sprite never depends on its batch)."""
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        p, s = list(prompts[i : i + batch_size]), seeds[i : i + batch_size]
+        attrs = prompt_attributes(p, device)
+        states, mask = text(p)
+        c = model.condition(TextEncoder.pool(states, mask), attrs)
+        z = torch.stack([torch.randn(model.cfg.latent_dim, generator=torch.Generator().manual_seed(int(seed))) for seed in s])
+        out.append(to_uint8(model.decode(temperature * z.to(device), c).float().cpu()))
+    model.train(was)
+    return torch.cat(out)
+
+
+class CVAEGenerator:
+    """The ``cvae`` family behind spritegen.generators' interface."""
+
+    family = "cvae"
+
+    def __init__(self, model: CVAE, text: TextEncoder, device: torch.device, temperature: float = 1.0, batch_size: int = 64):
+        self.model, self.text = model.to(device), text.to(device)
+        self.resolution = model.resolution
+        self.temperature, self.batch_size = temperature, batch_size
+
+    @classmethod
+    def load(cls, model_dir: str | Path, device: str = "auto", temperature: float = 1.0, batch_size: int = 64, **_ldm_sampling) -> "CVAEGenerator":
+        """``_ldm_sampling`` (sampler, steps, guidance) belong to the diffusion family and are ignored here."""
+        model, text, _ = load_bundle(model_dir)
+        return cls(model, text, pick_device(device), temperature, batch_size)
+
+    def generate(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        return generate_images(self.model, self.text, prompts, seeds, self.temperature, self.batch_size)
