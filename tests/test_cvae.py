@@ -3,6 +3,7 @@ gate, bitwise determinism, bad input, and a tiny end-to-end run with kill-and-re
 
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,7 +110,7 @@ def test_resolution_must_divide_by_the_downsampling():
 def test_the_model_learns_a_fixed_batch():
     """On 16 fixed sprites, 150 steps of the full loss take the reconstruction L1 down by at least 3x."""
     from spritegen.data.synthetic import make_sprites
-    from spritegen.train.image_losses import Perceptual
+    from spritegen.image_losses import Perceptual
 
     torch.manual_seed(0)
     images, _ = make_sprites(16, 16, seed=0)
@@ -258,3 +259,16 @@ def test_sample_set_and_sample_cli(workdir, monkeypatch, tmp_path):
     assert json.loads((tmp_path / "s/run.json").read_text())["temperature"] == 1.0
     assert cli(["sample", "a red fire pokemon", "--family", "cvae", "--n", "2", "--out", str(tmp_path / "g.png"), "--preset", "tiny"]) == 0
     assert (tmp_path / "g.png").exists()
+
+
+@pytest.mark.slow
+def test_bench_generate_times_one_sprite_and_a_batch_of_8(workdir):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(repo / "benchmarks/bench_generate.py"), "--family", "cvae", "--model",
+                          str(workdir / "models/cvae"), "--repeats", "2"], cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split() for line in out.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[0] for r in rows] == ["1", "8"] and all(float(r[1]) > 0 for r in rows)

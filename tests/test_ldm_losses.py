@@ -6,7 +6,7 @@ import torch
 
 from spritegen.ldm.unet import UNetConfig, build_unet, denoise
 from spritegen.ldm.vae import VAEConfig, recon_loss
-from spritegen.train.image_losses import opponent as _opponent
+from spritegen.image_losses import opponent as _opponent
 
 
 def test_opponent_basis_is_orthonormal_so_weight_one_is_rgb_l2_geometry():

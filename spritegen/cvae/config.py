@@ -30,7 +30,7 @@ class CVAEConfig:
     dropout: float = field(default=0.2, metadata={"ge": 0, "lt": 1, "doc": "dropout after the fully connected layers (seed: 0.2)"})
     # --- loss ----------------------------------------------------------------------------------------
     l1_weight: float = field(default=1.0, metadata={"ge": 0, "doc": "weight of the pixel L1 (mean over pixels)"})
-    chroma_weight: float = field(default=8.0, metadata={"ge": 0, "doc": "1: the L1 on RGB (seed 004). Otherwise the L1 is taken in an opponent colour space (lightness + two colour differences) with the colour differences scaled by this, as the LDM's VAE does (spritegen/train/image_losses.py): hue is a small part of a sprite's pixel variance. 8 halved fd against 1 (docs/cvae.md)"})
+    chroma_weight: float = field(default=8.0, metadata={"ge": 0, "doc": "1: the L1 on RGB (seed 004). Otherwise the L1 is taken in an opponent colour space (lightness + two colour differences) with the colour differences scaled by this, as the LDM's VAE does (spritegen/image_losses.py): hue is a small part of a sprite's pixel variance. 8 halved fd against 1 (docs/cvae.md)"})
     mse_weight: float = field(default=1.0, metadata={"ge": 0, "doc": "weight of the pixel MSE. With the L1 alone the decoder stalls on the blank-sprite plateau (L1 is median-seeking and most pixels are background; docs/cvae.md), so the default adds it (seed 003's mse_l1 loss preset)"})
     perceptual: Literal["auto", "lpips", "gradient", "none"] = field(default="auto", metadata={"doc": "perceptual term: lpips (needs local AlexNet weights), gradient (offline fallback), auto = lpips when present; the backend used is recorded"})
     perceptual_weight: float = field(default=0.15, metadata={"ge": 0, "doc": "seed: 0.15"})

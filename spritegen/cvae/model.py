@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from spritegen.cvae.config import CVAEConfig
-from spritegen.train.image_losses import chroma_l1
+from spritegen.image_losses import chroma_l1
 
 
 class CVAE(nn.Module):

@@ -30,7 +30,7 @@ from spritegen.io import save_grid, write_json
 from spritegen.text.encoder import TextEncoder, load_text_encoder
 from spritegen.train.batches import Batch, SpriteBatches
 from spritegen.train.guards import EarlyStopping, StepGuard
-from spritegen.train.image_losses import Perceptual
+from spritegen.image_losses import Perceptual
 from spritegen.train.log import Means, TrainLog, memory
 from spritegen.train.optim import adamw, guarded_step, load_opt_state, opt_state, set_lr
 from spritegen.train.runtime import Runtime, start

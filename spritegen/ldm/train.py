@@ -43,7 +43,7 @@ from spritegen.text.encoder import TextEncoder
 from spritegen.train import distributed
 from spritegen.train.batches import Batch, PromptPool, SpriteBatches
 from spritegen.train.guards import EarlyStopping, StepGuard
-from spritegen.train.image_losses import Perceptual
+from spritegen.image_losses import Perceptual
 from spritegen.train.log import Means, TrainLog, memory
 from spritegen.train.optim import EMA, adamw, guarded_step, load_opt_state, opt_state, set_lr
 from spritegen.train.runtime import Runtime, start

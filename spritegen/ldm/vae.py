@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from spritegen.config import ConfigError
-from spritegen.train.image_losses import chroma_l1
+from spritegen.image_losses import chroma_l1
 
 
 @dataclass
