@@ -51,11 +51,8 @@ def _dispatch(target: str):
     return run
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spritegen", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    # --- params -------------------------------------------------------------------------------------
+def _config_commands(sub) -> None:
+    """Params and presets."""
     p = sub.add_parser("params", help="print the resolved, validated params (defaults filled in)")
     _params_args(p)
     p.set_defaults(run=_dispatch("spritegen.params_cli:main"))
@@ -75,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write nothing; print a 'dvc exp run -S key=value ...' line that runs the preset as an experiment")
     p.set_defaults(run=_dispatch("spritegen.preset_cli:apply_main"))
 
-    # --- data ---------------------------------------------------------------------------------------
+
+def _data_commands(sub) -> None:
+    """Raw data and the data stages (metadata, prepare)."""
     data = sub.add_parser("data", help="raw data: fetch and inspect").add_subparsers(dest="data_cmd", required=True)
     p = data.add_parser("fetch", help="materialise data/raw deterministically from a source")
     _params_args(p)
@@ -109,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("data/prepared"))
     p.set_defaults(run=_dispatch("spritegen.data.prepare:main"))
 
+
+def _train_commands(sub) -> None:
+    """The training stages, one subcommand per family."""
     train = sub.add_parser("train", help="stage: train the text encoder or a generator family").add_subparsers(dest="family", required=True)
     p = train.add_parser("text", help="the tokenizer + text encoder every family reads (MLM offline, or a local pretrained one)")
     _params_args(p)
@@ -138,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     _run_state_args(p)
     p.set_defaults(run=_dispatch("spritegen.cvae.train:main"))
 
-    # --- sampling -----------------------------------------------------------------------------------
+
+def _sampling_commands(sub) -> None:
+    """Sampling."""
     p = sub.add_parser("sample", help="sample a PNG grid: one row of --n images per prompt")
     _params_args(p)
     p.add_argument("prompt", nargs="+", help="one or more prompts (quote each)")
@@ -165,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the prompted real sprites through the model's VAE instead of samples: the decoder's ceiling")
     p.set_defaults(run=_dispatch("spritegen.sample_set:sample_set_main"))
 
-    # --- evaluation ---------------------------------------------------------------------------------
+
+def _evaluation_commands(sub) -> None:
+    """Evaluation, the gate, comparison."""
     p = sub.add_parser("evaluator", help="stage: train the dataset CLIP-style evaluator")
     _params_args(p)
     p.add_argument("--data", type=Path, default=Path("data/prepared"))
@@ -232,6 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the run others are compared with (default: the experiments' baseline commit)")
     p.set_defaults(run=_dispatch("spritegen.evaluate.compare:main"))
 
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spritegen", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _config_commands(sub)
+    _data_commands(sub)
+    _train_commands(sub)
+    _sampling_commands(sub)
+    _evaluation_commands(sub)
     return parser
 
 
