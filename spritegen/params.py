@@ -29,6 +29,7 @@ SECTIONS: dict[str, str] = {
     "unet": "spritegen.ldm.unet:UNetConfig",
     "ldm": "spritegen.ldm.schedule:LDMScheduleConfig",
     "cvae": "spritegen.cvae.config:CVAEConfig",
+    "gan": "spritegen.gan.config:GANConfig",
     "sample": "spritegen.sampling:SampleConfig",
     "evaluator": "spritegen.evaluate.evaluator:EvaluatorConfig",
     "evaluate": "spritegen.evaluate.suite:EvaluateConfig",
