@@ -35,3 +35,200 @@ def test_bad_values_are_errors_naming_the_key(values, message):
 
 def test_diffaugment_empty_is_off():
     assert from_dict(GANConfig, {"diffaugment": ""}, "gan").augment_policies == ()
+
+
+# --- the schedules ------------------------------------------------------------------------------------------
+
+import math  # noqa: E402
+
+import torch  # noqa: E402
+
+from spritegen.gan.model import (  # noqa: E402
+    CRITIC_TRAINS, Generator, ProjectionDiscriminator, TransformerCritic, at_resolution, critic_phase_at,
+    curriculum_resolution_at, d_loss, d_steps_at, diff_augment, discriminator_view, g_loss, g_objective,
+    gradient_penalty, instance_noise_at, penalty_scale)
+
+TINY = {"z_dim": 8, "text_dim": 8, "w_dim": 16, "mapping_layers": 2, "g_channels": [16, 16, 8], "d_channels": [8, 16, 16],
+        "critic_width": 16, "critic_heads": 2, "critic_layers": 1, "nca_channels": 6, "nca_hidden": 16, "nca_steps": 3,
+        "monitor_size": 8}
+
+
+def _cfg(**values):
+    return from_dict(GANConfig, {**TINY, **values}, "gan")
+
+
+def test_d_steps_schedule_at_chosen_epochs():
+    cfg = _cfg(d_steps_early=3, d_steps_late=2, d_steps_boundary=100)  # the seed's: 3 over epochs 1-100, then 2
+    assert [d_steps_at(cfg, e) for e in (0, 1, 50, 99, 99.99, 100, 101, 500)] == [3, 3, 3, 3, 3, 2, 2, 2]
+    cfg = _cfg(d_steps_early=5, d_steps_late=1, d_steps_boundary=0)
+    assert d_steps_at(cfg, 0) == 1
+
+
+def test_critic_phases_and_ramp_values():
+    cfg = _cfg(critic=True, critic_isolated_epochs=200, critic_isolation_epochs=50, critic_ramp_epochs=100, critic_weight=0.5)
+    at = {e: critic_phase_at(cfg, e) for e in (0, 199.9, 200, 249.9, 250, 275, 300, 349, 350, 1000)}
+    assert at[0] == ("isolated", 0.0) and at[199.9] == ("isolated", 0.0)
+    assert at[200] == ("isolation", 0.0) and at[249.9] == ("isolation", 0.0)
+    assert [at[e][0] for e in (250, 275, 300, 349)] == ["ramp"] * 4
+    assert [at[e][1] for e in (250, 275, 300, 349)] == pytest.approx([0.0, 0.125, 0.25, 0.495])
+    assert at[350] == ("integrated", 0.5) and at[1000] == ("integrated", 0.5)
+    assert CRITIC_TRAINS["isolated"] and not CRITIC_TRAINS["isolation"] and CRITIC_TRAINS["ramp"]
+    assert critic_phase_at(_cfg(critic=False), 500) == ("off", 0.0)
+    no_ramp = _cfg(critic=True, critic_isolated_epochs=2, critic_isolation_epochs=1, critic_ramp_epochs=0, critic_weight=0.3)
+    assert critic_phase_at(no_ramp, 3) == ("integrated", 0.3)
+
+
+def test_instance_noise_schedule():
+    assert [instance_noise_at(_cfg(instance_noise=0.05), e) for e in (0, 10, 1000)] == [0.05, 0.05, 0.05]
+    cfg = _cfg(instance_noise=0.05, instance_noise_decay_epochs=20)
+    assert [instance_noise_at(cfg, e) for e in (0, 5, 10, 20, 30)] == pytest.approx([0.05, 0.0375, 0.025, 0.0, 0.0])
+
+
+def test_curriculum_resolution():
+    cfg = _cfg(curriculum=[[0, 4], [3, 8]])
+    assert [curriculum_resolution_at(cfg, e, 16) for e in (0, 2.9, 3, 10)] == [4, 4, 8, 8]
+    assert curriculum_resolution_at(_cfg(), 5, 16) == 16
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    y = at_resolution(x, 2)
+    assert torch.equal(y[0, 0, :2, :2], torch.full((2, 2), 2.5)) and torch.equal(at_resolution(x, 4), x)
+
+
+# --- losses, smoothing, noise, penalty ------------------------------------------------------------------------
+
+
+def test_losses_against_hand_computed_values():
+    real, fake = torch.tensor([2.0, -1.0]), torch.tensor([0.5, -3.0])
+    sp = lambda v: math.log1p(math.exp(v))  # noqa: E731
+    # nonsaturating with one-sided smoothing 0.9: the real target is 0.9, the fake target stays 0
+    expected = (0.9 * (sp(-2) + sp(1)) + 0.1 * (sp(2) + sp(-1))) / 2 + (sp(0.5) + sp(-3)) / 2
+    assert d_loss(real, fake, "nonsaturating", 0.9).item() == pytest.approx(expected)
+    assert d_loss(real, fake, "nonsaturating", 1.0).item() == pytest.approx((sp(-2) + sp(1)) / 2 + (sp(0.5) + sp(-3)) / 2)
+    assert d_loss(real, fake, "hinge").item() == pytest.approx((0 + 2) / 2 + (1.5 + 0) / 2)
+    assert d_loss(real, fake, "wgan").item() == pytest.approx(-1.25 - 0.5)
+    # smoothing does not apply where there are no labels
+    for kind in ("hinge", "wgan"):
+        assert d_loss(real, fake, kind, 0.9).item() == d_loss(real, fake, kind, 1.0).item()
+    assert g_loss(fake, "nonsaturating").item() == pytest.approx((sp(-0.5) + sp(3)) / 2)
+    assert g_loss(fake, "hinge").item() == g_loss(fake, "wgan").item() == pytest.approx(1.25)
+
+
+def test_instance_noise_where_it_applies():
+    x = torch.zeros(4, 3, 8, 8)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    both, real_only = _cfg(diffaugment="", instance_noise_on="both"), _cfg(diffaugment="", instance_noise_on="real")
+    noisy = discriminator_view(x, both, 8, 0.05, True, g())
+    assert 0.04 < noisy.std().item() < 0.06
+    assert discriminator_view(x, both, 8, 0.05, False, g()).abs().sum() > 0  # fakes too
+    assert torch.equal(discriminator_view(x, real_only, 8, 0.05, False, g()), x)  # the seed's: reals only
+    assert discriminator_view(x, real_only, 8, 0.05, True, g()).abs().sum() > 0
+    assert torch.equal(discriminator_view(x, both, 8, 0.0, True, g()), x)  # decayed to 0: nothing added
+
+
+def test_diffaugment_is_differentiable_and_off_when_empty():
+    x = (torch.rand(3, 3, 16, 16) * 2 - 1).requires_grad_(True)
+    y = diff_augment(x, ("color", "translation", "cutout"), torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and not torch.equal(y, x)
+    y.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    cut = diff_augment(torch.ones(2, 3, 16, 16), ("cutout",), torch.Generator().manual_seed(1))
+    assert ((cut == 0).float().mean(dim=(1, 2, 3)) > 0.1).all()  # a square of half the side, maybe clipped at the edge
+    assert torch.equal(discriminator_view(x, _cfg(diffaugment="", instance_noise=0.0), 16, 0.0, True, None), x)
+
+
+class LinearD(torch.nn.Module):
+    """D(x, t) = <w, x> + b: its input gradient is w everywhere, so the penalties are closed forms."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = torch.nn.Parameter(w)
+
+    def forward(self, x, text):
+        return x.flatten(1) @ self.w.flatten() + 0.7
+
+
+def test_gradient_penalty_against_a_linear_discriminator():
+    w = torch.zeros(1, 2, 2)
+    w[0, 0, 0], w[0, 1, 1] = 3.0, 4.0  # |w| = 5
+    D = LinearD(w)
+    real, fake, t = torch.randn(6, 1, 2, 2), torch.randn(6, 1, 2, 2), torch.zeros(6, 1)
+    g = torch.Generator().manual_seed(0)
+    assert gradient_penalty(D, real, fake, t, "wgan-gp", g).item() == pytest.approx((5 - 1) ** 2)
+    assert gradient_penalty(D, real, fake, t, "r1").item() == pytest.approx(25.0)
+    assert gradient_penalty(D, real, fake, t, "none").item() == 0.0
+    # the penalty is a graph: d/dw (|w| - 1)^2 = 2 (|w| - 1) w / |w|
+    gradient_penalty(D, real, fake, t, "wgan-gp", g).backward()
+    assert torch.allclose(D.w.grad, 2 * 4 * w / 5)
+    assert penalty_scale(_cfg(penalty="r1", penalty_weight=10.0, penalty_every=4)) == 20.0
+    assert penalty_scale(_cfg(penalty="wgan-gp", penalty_weight=10.0, penalty_every=1)) == 10.0
+
+
+# --- the networks ---------------------------------------------------------------------------------------------
+
+
+def _nets(**values):
+    torch.manual_seed(0)
+    cfg = _cfg(**values)
+    return cfg, Generator(cfg, 16, 12), ProjectionDiscriminator(cfg, 16, 12)
+
+
+def test_shapes_range_and_the_seed_init():
+    cfg, G, D = _nets(nca=True, critic=True)
+    z, t = torch.randn(5, 8), torch.randn(5, 12)
+    x, alive = G.forward_alive(z, t, torch.Generator().manual_seed(0))
+    assert x.shape == (5, 3, 16, 16) and x.abs().max() <= 1 and 0 <= alive.item() <= 1
+    assert D(x, t).shape == (5,) and TransformerCritic(cfg, 16, 12)(x, t).shape == (5,)
+    conv = G.blocks[1].conv1
+    fan_in = conv.weight[0].numel()
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (1 + 0.2**2)) / math.sqrt(fan_in), rel=0.15)  # Kaiming, a = 0.2
+    assert G.nca.update_out.weight.abs().sum() == 0  # the NCA starts as the identity
+
+
+def test_the_projection_discriminator_reads_the_prompt():
+    _, _, D = _nets()
+    D.eval()
+    x = torch.randn(2, 3, 16, 16)
+    t = torch.randn(2, 12)
+    phi = D.features(x)
+    assert torch.allclose(D(x, t), D.psi(phi).squeeze(1) + (D.embed(t) * phi).sum(1))
+    assert not torch.allclose(D(x, t), D(x, t.flip(0)))
+
+
+def test_the_generators_output_changes_with_the_prompt():
+    _, G, _ = _nets(nca=True)
+    G.eval()
+    z = torch.randn(1, 8).expand(2, -1)
+    t = torch.randn(2, 12)
+    x = G(z, t)
+    assert (x[0] - x[1]).abs().mean() > 1e-3  # same noise, two prompts: two images
+    assert torch.equal(G(z, t), x)  # eval: deterministic (the NCA takes its expected update)
+    # a row does not depend on its place in the batch (its batch size can change the last bits: the
+    # bundle's generation pads every chunk to one size, see spritegen/gan/bundle.py)
+    assert torch.equal(G(z.flip(0), t.flip(0)).flip(0), x)
+
+
+def test_in_the_isolated_phase_no_gradient_reaches_the_generator_from_the_critic():
+    cfg, G, D = _nets(critic=True, critic_isolated_epochs=2, critic_isolation_epochs=1, critic_ramp_epochs=2, critic_weight=1.0)
+    critic_a, critic_b = TransformerCritic(cfg, 16, 12), TransformerCritic(cfg, 16, 12)
+    with torch.no_grad():
+        for p in critic_b.parameters():
+            p.add_(torch.randn_like(p))
+    D.eval()
+    z, t = torch.randn(4, 8), torch.randn(4, 12)
+
+    def grads(critic, epoch):
+        phase, weight = critic_phase_at(cfg, epoch)
+        loss, terms = g_objective(D, critic, G(z, t), t, "nonsaturating", weight)
+        through_critic = torch.autograd.grad(loss, list(critic.parameters()), retain_graph=True, allow_unused=True)
+        g_grads = torch.autograd.grad(loss, list(G.parameters()))
+        return phase, through_critic, g_grads, terms
+
+    for epoch in (0, 1.5, 2.5):  # isolated, isolated, isolation
+        phase, through_critic, ga, terms = grads(critic_a, epoch)
+        assert phase in ("isolated", "isolation") and "g_critic" not in terms
+        assert all(gr is None for gr in through_critic)  # the critic is not in the generator's graph at all
+        _, _, gb, _ = grads(critic_b, epoch)
+        assert all(torch.equal(a, b) for a, b in zip(ga, gb))  # another critic changes nothing
+    phase, through_critic, ga, terms = grads(critic_a, 4.0)  # ramp, weight 0.5
+    assert phase == "ramp" and "g_critic" in terms and any(gr is not None and gr.abs().sum() > 0 for gr in through_critic)
+    _, _, gb, _ = grads(critic_b, 4.0)
+    assert any(not torch.equal(a, b) for a, b in zip(ga, gb))  # now the critic's opinion reaches G
