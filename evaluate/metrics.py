@@ -23,6 +23,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from spritegen.collapse import (COLLAPSE_BANDS, COLLAPSE_RUBRIC, channel_std, collapse_band,  # noqa: F401 - re-exported
+                                collapse_points, collapse_score, unique_pixel_fraction, value_range)
+
 # --- fidelity ---------------------------------------------------------------------------------------
 
 
@@ -379,29 +382,7 @@ def pair_indices(groups: Sequence, within: bool, rng: np.random.Generator, max_p
     return pairs
 
 
-def unique_pixel_fraction(images: np.ndarray) -> float:
-    """Distinct RGB colours over all pixels of all images, divided by the pixel count.
-    The seeds' collapsed GAN had 113 values in 245,760; a constant image gives 1 / pixels ≈ 0."""
-    x = np.asarray(images, np.uint8)
-    rgb = x.transpose(0, 2, 3, 1).reshape(-1, 3).astype(np.uint32)
-    codes = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
-    return float(len(np.unique(codes)) / len(codes))
-
-
-def value_range(images: np.ndarray) -> float:
-    """(max - min) / 255 of the pixel values, per channel over all images, averaged over channels:
-    1 for images that use the full range, 0.02 for the seeds' gray outputs (0.043..0.102 of [-1, 1])."""
-    x = np.asarray(images, np.float64)
-    return float(((x.max(axis=(0, 2, 3)) - x.min(axis=(0, 2, 3))) / 255).mean())
-
-
-def channel_std(images: np.ndarray) -> float:
-    """Spread *across samples*: std over images of each pixel, per channel, averaged, / 255.
-    0 for a generator that always outputs the same image, whatever that image is."""
-    x = np.asarray(images, np.float64)  # integers: the mean of identical values is exact, std exactly 0
-    if len(x) < 2:
-        return 0.0
-    return float(x.std(axis=0, ddof=1).mean() / 255)
+# unique_pixel_fraction, value_range and channel_std: imported from spritegen/collapse.py (see the rubric below)
 
 
 def vendi_score(features: np.ndarray) -> float:
@@ -438,37 +419,9 @@ def pixel_vectors(images: np.ndarray) -> np.ndarray:
 
 # --- mode collapse: the 15-point rubric -------------------------------------------------------------
 
-# Five indicators, 0-3 points each (0 = like real data, 3 = collapsed); thresholds are the lower edges of
-# the 0-, 1- and 2-point bands. Ratios are generated / real-reference value of the same statistic.
-COLLAPSE_RUBRIC: dict[str, tuple[float, float, float]] = {
-    "value_range_ratio": (0.8, 0.5, 0.25),  # value_range (share of 0..255 used), generated / real
-    "unique_pixel_ratio": (0.5, 0.2, 0.05),  # unique_pixel_fraction, generated / real
-    "channel_std_ratio": (0.5, 0.25, 0.1),  # across-sample pixel spread, generated / real
-    "pairwise_distance_ratio": (0.5, 0.25, 0.1),  # mean pairwise feature distance, generated / real
-    "coverage": (0.5, 0.25, 0.1),  # absolute: share of real k-NN balls reached
-}
-COLLAPSE_BANDS = ((4, "healthy"), (7, "warning"), (11, "collapsed"), (15, "critical"))
-
-
-def collapse_points(value: float, thresholds: tuple[float, float, float]) -> int:
-    """0 if value >= t0, 1 if >= t1, 2 if >= t2, else 3 (NaN counts as 3)."""
-    for points, t in enumerate(thresholds):
-        if value >= t:
-            return points
-    return 3
-
-
-def collapse_score(indicators: dict[str, float]) -> tuple[int, dict[str, int]]:
-    """The seeds' mode-collapse score, made precise: sum of the rubric points (0..15) and each part."""
-    parts = {name: collapse_points(indicators[name], t) for name, t in COLLAPSE_RUBRIC.items()}
-    return sum(parts.values()), parts
-
-
-def collapse_band(score: float) -> str:
-    for upper, name in COLLAPSE_BANDS:
-        if score <= upper:
-            return name
-    return "critical"
+# The rubric and its pixel indicators (unique_pixel_fraction, value_range, channel_std) are defined in
+# spritegen/collapse.py, so that training watches collapse with this very code (issue 13) without importing
+# the evaluation package (tests/test_walls.py). Imported at the top: M.collapse_score is that function.
 
 
 # --- bootstrap --------------------------------------------------------------------------------------

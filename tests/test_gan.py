@@ -232,3 +232,64 @@ def test_in_the_isolated_phase_no_gradient_reaches_the_generator_from_the_critic
     assert phase == "ramp" and "g_critic" in terms and any(gr is not None and gr.abs().sum() > 0 for gr in through_critic)
     _, _, gb, _ = grads(critic_b, 4.0)
     assert any(not torch.equal(a, b) for a, b in zip(ga, gb))  # now the critic's opinion reaches G
+
+
+# --- the collapse monitor ---------------------------------------------------------------------------------------
+
+import numpy as np  # noqa: E402
+
+
+# what 64 real 32-px training sprites give (data/prepared, measured): the monitor's reference statistics
+REAL = {"value_range": 1.0, "unique_pixel_fraction": 0.35, "channel_std": 0.14}
+
+
+def _varied(n=16, seed=1):
+    """Synthetic sprites with a little per-pixel jitter: shapes and colours that vary, many distinct values."""
+    from spritegen.data.synthetic import make_sprites
+
+    images, _ = make_sprites(n, 16, seed=seed)
+    jitter = torch.randint(-12, 13, images.shape, generator=torch.Generator().manual_seed(seed))
+    return ((images.int() + jitter).clamp(0, 255).float() / 127.5 - 1)
+
+
+def test_the_collapse_monitor_calls_a_constant_batch_collapsed():
+    from spritegen.gan.monitor import collapse_row, collapse_warnings
+
+    gray = torch.full((16, 3, 16, 16), 0.07)  # the seed's collapse: uniform gray, 0.043..0.102
+    row = collapse_row(gray, REAL)
+    assert row["collapse/score"] == 9 and row["collapse/unique_pixels"] == 1
+    assert row["collapse/out_min"] == row["collapse/out_max"] == pytest.approx(0.07)
+    warnings = collapse_warnings(row, _cfg())
+    assert len(warnings) == 3 and "unique pixels" in warnings[0] and "does not span" in warnings[1]
+    # one sprite repeated: full range and many colours, but no spread across samples
+    same = _varied()[:1].expand(16, -1, -1, -1)
+    assert collapse_row(same, REAL)["collapse/points_channel_std"] == 3
+
+
+def test_the_collapse_monitor_calls_a_varied_batch_healthy():
+    from spritegen.gan.monitor import collapse_row, collapse_warnings
+
+    row = collapse_row(_varied(), REAL)
+    assert row["collapse/score"] <= 1 and collapse_warnings(row, _cfg()) == [], row
+    noise = torch.rand(16, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert collapse_row(noise, REAL)["collapse/score"] == 0
+
+
+def test_the_collapse_score_is_the_function_evaluation_uses():
+    """Not a copy: the very objects the evaluation suite calls (spritegen.evaluate.metrics re-exports them)."""
+    import spritegen.collapse as C
+    import spritegen.gan.monitor as monitor
+    from spritegen.evaluate import metrics as M
+
+    for name in ("collapse_score", "collapse_points", "collapse_band", "unique_pixel_fraction", "value_range", "channel_std",
+                 "COLLAPSE_RUBRIC", "COLLAPSE_BANDS"):
+        assert getattr(M, name) is getattr(C, name), name
+    assert monitor.collapse_score is M.collapse_score and monitor.collapse_band is M.collapse_band
+    assert C.PIXEL_RUBRIC == {k: M.COLLAPSE_RUBRIC[k] for k in C.PIXEL_INDICATORS}
+    # the pixel rubric is the full rubric with the feature-space points at 0: a lower bound of the evaluation's score
+    ind = {"value_range_ratio": 0.3, "unique_pixel_ratio": 0.1, "channel_std_ratio": 0.6, "pairwise_distance_ratio": 0.05,
+           "coverage": 0.0}
+    full, parts = M.collapse_score(ind)
+    pixel, _ = C.collapse_score(ind, C.PIXEL_RUBRIC)
+    assert pixel == sum(parts[k] for k in C.PIXEL_INDICATORS) == 2 + 2 + 0 and full == pixel + 6
+    assert np.isclose(C.indicator_ratio(0.5, 0.0), 0.0) and C.indicator_ratio(1.0, 4.0) == 0.25

@@ -58,10 +58,15 @@ WALLS = (
          ("spritegen.evaluate", "spritegen.evaluate.*"),
          "a training stage that loads the evaluator re-runs when the evaluator changes, and params "
          "validation must not pull evaluation in through a registry of every section"),
+    Wall("the shared collapse rubric imports neither evaluation nor training",
+         ("spritegen/collapse.py",),
+         ("spritegen.*", "torch", "torch.*"),
+         "training and evaluation both score collapse with it (issue 13): it must stay pure NumPy maths that "
+         "neither side's changes can reach"),
     Wall("model modules import no data loading, training loop or CLI",
          ("spritegen/ldm/vae.py", "spritegen/ldm/unet.py", "spritegen/ldm/diffusion.py", "spritegen/ldm/models.py",
           "spritegen/ldm/losses.py", "spritegen/text/encoder.py", "spritegen/cvae/model.py", "spritegen/cvae/config.py",
-          "spritegen/image_losses.py"),
+          "spritegen/image_losses.py", "spritegen/gan/model.py"),
          ("spritegen.data", "spritegen.data.*", *TRAINERS, "spritegen.cli", "spritegen.cli.*", "spritegen.params",
           "spritegen.params.*", "argparse", "dvclive", "dvclive.*"),
          "a model is loaded by sampling, the API and the evaluator: it must not drag in a data source, a loop "
