@@ -9,6 +9,7 @@ so ``spritegen --help`` stays fast and each procedure keeps a single entry point
     spritegen train text                               # DVC stage: the text encoder every family reads
     spritegen train ldm --stage vae|unet|finetune      # DVC stages of the latent diffusion family
     spritegen train cvae                               # DVC stage of the conditional VAE family
+    spritegen train gan                                # DVC stage of the GAN family
     spritegen sample "PROMPT" --n 8 --seed 0 --out grid.png
     spritegen evaluate --generated DIR --reference DIR [--prompts FILE]
     spritegen gate --baseline REV|FILE [--current metrics]   # exit 1: regressed, 2: cannot compare
@@ -140,6 +141,16 @@ def _train_commands(sub) -> None:
     _run_state_args(p)
     p.set_defaults(run=_dispatch("spritegen.cvae.train:main"))
 
+    p = train.add_parser("gan", help="the text-conditioned GAN of seed 002 with its mode-collapse fixes (docs/gan.md)",
+                         description="An interrupted run (killed, --stop-after) continues when the same command runs again "
+                                     "with the same params, code and inputs; its result equals an uninterrupted run's.")
+    _params_args(p)
+    p.add_argument("--data", type=Path, default=Path("data/prepared"))
+    p.add_argument("--text", type=Path, default=Path("models/text"), help="the text stage's output (frozen, read by the condition)")
+    p.add_argument("--out", type=Path, default=Path("models/gan"))
+    _run_state_args(p)
+    p.set_defaults(run=_dispatch("spritegen.gan.train:main"))
+
 
 def _sampling_commands(sub) -> None:
     """Sampling."""
@@ -152,7 +163,7 @@ def _sampling_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None)
-    p.add_argument("--temperature", type=float, default=None, help="cvae: the prior's temperature (default: sample.temperature)")
+    p.add_argument("--temperature", type=float, default=None, help="cvae, gan: the noise's temperature (default: sample.temperature)")
     p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++", "dpm++sde", "unipc"], default=None,
                    help="default: sample.sampler; spritegen.ldm.diffusion.make_sampler says which are SDE and ODE solvers")
     p.add_argument("--out", type=Path, default=Path("grid.png"))

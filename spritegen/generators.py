@@ -35,11 +35,18 @@ def _load_cvae(model_dir: Path, device: str = "auto", **sampling) -> Generator:
     return CVAEGenerator.load(model_dir, device=device, **sampling)  # ignores the diffusion sampler's settings
 
 
+def _load_gan(model_dir: Path, device: str = "auto", **sampling) -> Generator:
+    from spritegen.gan.bundle import GANGenerator
+
+    return GANGenerator.load(model_dir, device=device, **sampling)  # z scaled by the temperature; no sampler
+
+
 # family -> loader(model_dir, device, **sampling); sampling = the ``sample`` section's settings, each
-# family taking those it uses. The gan family registers here.
+# family taking those it uses.
 REGISTRY: dict[str, Callable[..., Generator]] = {
     "ldm": _load_ldm,
     "cvae": _load_cvae,
+    "gan": _load_gan,
 }
 
 

@@ -24,7 +24,7 @@ class SampleConfig:
     sampler: Literal["ddpm", "ddim", "dpm++", "dpm++sde", "unipc"] = field(default="dpm++sde", metadata={"doc": "ddpm | ddim | dpm++ (DPM-Solver++ 2M) | dpm++sde (DPM-Solver++ 2M SDE) | unipc (UniPC bh2); ddpm and dpm++sde are SDE solvers, the others ODE solvers, which end elsewhere under guidance (docs/ldm.md, Samplers)"})
     steps: int = field(default=25, metadata={"ge": 1, "le": 1000, "doc": "sampler steps"})
     guidance: float = field(default=5.0, metadata={"ge": 0, "doc": "classifier-free guidance scale (1 = no guidance); docs/ldm.md: on the default model 5 beat 8 on fd, coverage, seed diversity and near-copies at the same colour and type accuracy, and 3 lost colour"})
-    temperature: float = field(default=1.0, metadata={"ge": 0, "doc": "latent families (cvae): z ~ N(0, temperature^2 I) from the prior; 0 gives the prior mean, the conditional average sprite"})
+    temperature: float = field(default=1.0, metadata={"ge": 0, "doc": "latent families (cvae, gan): z ~ N(0, temperature^2 I); 0 gives the prior mean (cvae: the conditional average sprite; gan: the generator at z = 0)"})
     batch_size: int = field(default=32, metadata={"ge": 1, "doc": "images per generator call (does not change the pixels)"})
     n_heldout_prompts: int = field(default=192, metadata={"ge": 0, "doc": "evaluation: prompts from the held-out (val + test) splits; 192 x 2 seeds keeps a type or colour accuracy's 95 % interval about +-0.03 wide (docs/ldm.md)"})
     n_train_prompts: int = field(default=64, metadata={"ge": 0, "doc": "evaluation: prompts from the training split"})

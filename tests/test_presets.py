@@ -57,6 +57,8 @@ TINY = {
 }
 TINY_CVAE = {"channels": [8, 16], "hidden_dim": 32, "latent_dim": 8, "text_dim": 8, "attr_dim": 4, "epochs": 2,
              "batch_size": 16}
+TINY_GAN = {"z_dim": 8, "text_dim": 8, "w_dim": 16, "mapping_layers": 2, "g_channels": [16, 16, 8], "d_channels": [8, 16, 16],
+            "epochs": 2, "batch_size": 8, "d_steps_boundary": 1, "penalty_every": 2, "monitor_size": 8}
 
 
 def _presets(folder: Path, **files: dict) -> dict[str, presets.Preset]:
@@ -81,6 +83,7 @@ def test_profiles_set_exactly_what_they_set_before():
     assert PRESETS["gpu"] == GPU
     tiny = dict(PRESETS["tiny"])
     assert tiny.pop("cvae") == TINY_CVAE
+    assert tiny.pop("gan") == TINY_GAN
     assert tiny == TINY
 
 

@@ -72,6 +72,7 @@ STAGES = {  # dvc.yaml stage -> command (as in dvc.yaml) and the key of its decl
     "ldm_unet": ["train", "ldm", "--stage", "unet"],
     "ldm_finetune": ["train", "ldm", "--stage", "finetune"],
     "cvae": ["train", "cvae"],
+    "gan": ["train", "gan"],
 }
 
 
@@ -110,6 +111,10 @@ def _declared_in_code(stage: str) -> tuple[str, ...]:
         return PARAMS
     if stage == "cvae":
         from spritegen.cvae.train import PARAMS
+
+        return PARAMS
+    if stage == "gan":
+        from spritegen.gan.train import PARAMS
 
         return PARAMS
     from spritegen.ldm.train import PARAMS

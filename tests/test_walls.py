@@ -54,7 +54,8 @@ WALLS = (
          "re-runs (and can change) whenever the loop changes, and a trainer could quietly share its code",
          allowed=("spritegen.evaluate.*",)),  # the evaluator's own training (train_clip) is evaluation
     Wall("training imports nothing from evaluation",
-         ("spritegen/train/*.py", "spritegen/*/train.py", "spritegen/*/train_*.py", "spritegen/params.py"),
+         ("spritegen/train/*.py", "spritegen/*/train.py", "spritegen/*/train_*.py", "spritegen/params.py",
+          "spritegen/gan/monitor.py"),
          ("spritegen.evaluate", "spritegen.evaluate.*"),
          "a training stage that loads the evaluator re-runs when the evaluator changes, and params "
          "validation must not pull evaluation in through a registry of every section"),

@@ -16,7 +16,6 @@ What is measured (logged under ``collapse/`` beside the losses):
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from spritegen.collapse import PIXEL_RUBRIC, collapse_band, collapse_score, pixel_indicators, pixel_statistics
@@ -56,9 +55,3 @@ def collapse_warnings(row: dict[str, float], cfg: GANConfig) -> list[str]:
                    f"(the evaluation's 15-point score is at least as high: {collapse_band(row['collapse/score'])} or worse)")
     return out
 
-
-def fixed_real(images_u8: torch.Tensor, n: int, seed: int) -> np.ndarray:
-    """``n`` training sprites drawn once with ``seed``: the monitor's real reference (uint8, (n, 3, R, R))."""
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(images_u8), generator=g)[: min(n, len(images_u8))]
-    return images_u8[idx.to(images_u8.device)].cpu().numpy()

@@ -1,0 +1,350 @@
+"""Training of the text-conditioned GAN (seed 002, issue 13), one DVC stage:
+
+    spritegen train gan            # data/prepared + models/text -> models/gan
+
+The loop is ``train_gan``: per batch of real sprites one discriminator step (and a critic step), and
+after every ``d_steps_at(epoch)``-th of them one generator step. Everything around it is the shared
+training core (spritegen/train/): run state and resume, a guarded fused step per network, logging, the
+data on the device. An interrupted run continues where it stopped when the same command (or ``dvc
+repro``) runs again, bit for bit on the CPU.
+
+Collapse is watched every epoch (spritegen/gan/monitor.py): a fixed batch of noise and of training
+prompts through the generator, scored with the evaluation rubric's own code (spritegen/collapse.py),
+with the discriminator's accuracy on the matching real sprites. Crossing the seed's thresholds prints a
+warning; ``gan.collapse_patience`` stops a run that stays collapsed, and best/ is the last healthy epoch.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from spritegen.checkpoint import flatten_state, load_into, load_tensors
+from spritegen.collapse import FEATURE_INDICATORS, PIXEL_RUBRIC, pixel_statistics
+from spritegen.data.dataset import load_split
+from spritegen.errors import UserError
+from spritegen.gan.bundle import generate_images, save_bundle
+from spritegen.gan.config import GANConfig
+from spritegen.gan.model import (CRITIC_TRAINS, Generator, ProjectionDiscriminator, TransformerCritic, count_parameters,
+                                 critic_phase_at, curriculum_resolution_at, d_loss, d_steps_at, discriminator_view,
+                                 g_objective, gradient_penalty, instance_noise_at, penalty_scale)
+from spritegen.gan.monitor import collapse_row, collapse_warnings
+from spritegen.io import save_grid, write_json
+from spritegen.runtime import derive_seed
+from spritegen.text.encoder import TextEncoder, load_text_encoder
+from spritegen.train.batches import SpriteBatches
+from spritegen.train.guards import StepGuard
+from spritegen.train.log import Means, TrainLog, memory
+from spritegen.train.optim import adamw, guarded_step, load_opt_state, opt_state
+from spritegen.train.runtime import Runtime, start
+from spritegen.train.state import (check_resume_params, code_files, current, fingerprint, load_run_state, open_state,
+                                   save_run_state, write_atomic)
+
+SECTIONS = ("train", "gan")
+PARAMS = ("train", "gan")  # what the stage reads: dvc.yaml lists the same, tests/test_stage_params.py checks both
+# the grid shown per epoch and at the end (the same prompts as the cvae family's grid)
+FIXED_PROMPTS = (
+    "a red fire type pokemon", "a blue water type pokemon", "a green grass type pokemon", "a yellow electric type pokemon",
+    "a small pink fairy type pokemon", "a huge brown ground type pokemon", "a purple ghost type pokemon", "a white ice type pokemon",
+)
+PHASES = ("off", "isolated", "isolation", "ramp", "integrated")  # logged as their index (dvclive takes numbers)
+
+
+def main(args) -> int:
+    from spritegen.params import load_sections, select, show
+
+    cfgs = load_sections(SECTIONS, args.params, args.preset)
+    show("spritegen train gan", select(cfgs, PARAMS))
+    if args.dry_run:
+        return 0
+    train_gan(cfgs, args.data, args.out, args.text, resume=args.resume, fresh=args.fresh,
+              allow_param_changes=args.allow_param_changes, stop_after=args.stop_after, live_dir=Path("dvclive/gan"))
+    return 0
+
+
+def train_gan(cfgs: dict, data_dir: Path, out_dir: Path, text_dir: Path = Path("models/text"), *, resume: bool = False,
+              fresh: bool = False, allow_param_changes: bool = False, stop_after: int | None = None,
+              live_dir: Path | None = None, progress: bool | None = None) -> dict:
+    """Train the GAN on the prepared data; returns the final metrics."""
+    from spritegen.params import select
+    from spritegen.runlog import log_run
+
+    run, cfg, params = cfgs["train"], cfgs["gan"], select(cfgs, PARAMS)
+    rt = start(run)
+    if rt.dist.enabled:
+        raise UserError("the gan family trains in one process (it takes minutes); launch it without accelerate/torchrun")
+    out_dir, dev = Path(out_dir), rt.device
+    train = load_split(data_dir, "train")
+    R = train.resolution
+    cfg.check_resolution(R)  # a width list that does not build the data's size: an error before any compute
+    text = load_text_encoder(text_dir).to(dev).requires_grad_(False)
+    rt.seed_global("init", "gan", per_rank=False)
+    G = rt.prepare(Generator(cfg, R, text.dim))
+    D = rt.prepare(ProjectionDiscriminator(cfg, R, text.dim))
+    C = rt.prepare(TransformerCritic(cfg, R, text.dim)) if cfg.critic else None
+    nets = {"generator": G, "discriminator": D, **({"critic": C} if C is not None else {})}
+    data = SpriteBatches(train, dev)
+    pool = data.pool()
+    pooled = pooled_prompts(text, data.prompts)  # (P, D): the frozen encoder runs once per prompt
+    monitor = monitor_batch(data, pooled, cfg, run.seed, dev)
+
+    # ---- one optimiser and one step guard per network: the generator's has a group for the NCA (its own rate)
+    nca = list(G.nca.parameters()) if G.nca is not None else []
+    nca_ids = {id(p) for p in nca}
+    g_groups = {"g": [p for p in G.parameters() if id(p) not in nca_ids], **({"nca": nca} if nca else {})}
+    opts = {"generator": adamw(g_groups, lr={"g": cfg.lr_g, "nca": cfg.lr_nca}, clip={"g": cfg.grad_clip, "nca": cfg.grad_clip}, weight_decay=0.0),
+            "discriminator": adamw({"d": D.parameters()}, lr={"d": cfg.lr_d}, clip={"d": cfg.grad_clip}, weight_decay=0.0)}
+    if C is not None:
+        opts["critic"] = adamw({"critic": C.parameters()}, lr={"critic": cfg.lr_critic}, clip={"critic": cfg.grad_clip}, weight_decay=0.0)
+    for opt in opts.values():
+        for group in opt.param_groups:  # constant rates (the seed's); GANs' Adam betas
+            group["lr"], group["betas"] = group["peak_lr"], (cfg.beta1, cfg.beta2)
+    guards = {name: StepGuard(run.max_bad_steps, run.explode_factor, dev) for name in opts}
+    names = {p: f"{net}.{n}" for net, m in nets.items() for n, p in m.named_parameters()}
+
+    # ---- run state: an interrupted run of the same params, code and inputs continues where it stopped
+    key = fingerprint(params, [Path(data_dir), Path(text_dir), *code_files()])
+    root = open_state(out_dir, key, resume, fresh, _say)
+    epoch, step, history = 0, 0, []
+    watch = {"streak": 0, "last_healthy": None, "stopped": False}  # the collapse monitor's state
+    if (loaded := load_run_state(root)) is not None:
+        flat, opt_flat, meta = loaded
+        if resume:
+            check_resume_params(meta["params"], params, allow_param_changes, _say)
+        for net, m in nets.items():
+            load_into(m, flat, net, root)
+        for name, opt in opts.items():
+            load_opt_state(opt, names, opt_flat)
+            guards[name].load(meta["guards"][name])
+        epoch, step, history, watch = meta["epoch"], meta["step"], meta["history"], meta["watch"]
+        _say(f"resuming gan at epoch {epoch} (step {step}) from {root}")
+    spe = data.steps_per_epoch(cfg.batch_size)  # discriminator steps per epoch
+    stop_epoch = min(cfg.epochs, epoch + stop_after) if stop_after else cfg.epochs
+    log = TrainLog("gan", live_dir, cfg.epochs * spe, out_dir.parent / "gan.tensorboard" if run.tensorboard else None,
+                   progress, done_steps=epoch * spe)
+    log.replay(history)
+    log.say(f"gan: generator {count_parameters(G):,} parameters (NCA {count_parameters(G.nca):,}), discriminator "
+            f"{count_parameters(D):,}, critic {count_parameters(C):,}; {len(train)} training sprites, {spe} D steps per epoch; "
+            f"loss {cfg.loss}, penalty {cfg.penalty}, DiffAugment {cfg.augment_policies or 'off'}")
+    if cfg.loss != "nonsaturating" and cfg.label_smoothing != 1:
+        log.say(f"gan: label_smoothing {cfg.label_smoothing} does not apply to the {cfg.loss} loss (it has no labels)")
+    t_start, steps_at_start, metrics = time.time(), step, {}
+    try:
+        for e in range(epoch, stop_epoch):
+            g = rt.generator("gan", e)  # the epoch's order, flips, prompts, noise, augmentations
+            rt.seed_global("gan", e)  # dropout
+            k, res = d_steps_at(cfg, e), curriculum_resolution_at(cfg, e, R)
+            t_epoch, means, interval = time.time(), {n: Means() for n in ("d", "g", "g_critic", "critic")}, Means()
+            for b, batch in enumerate(data.epoch(g, cfg.batch_size, pool, run.augment.hflip)):
+                sigma, (phase, critic_w) = instance_noise_at(cfg, e + b / spe), critic_phase_at(cfg, e + b / spe)
+                x_real = data.images(batch, run.augment, g)  # (B, 3, R, R)
+                t = pooled[batch.prompt]  # (B, text_width)
+                n = len(batch)
+                # ---- discriminator step: real vs a fresh fake batch, both as D sees them
+                z = torch.randn((n, cfg.z_dim), generator=g, device=dev)
+                with torch.no_grad(), rt.autocast():
+                    x_fake = G(z, t, g).float()
+                real_v = discriminator_view(x_real, cfg, res, sigma, True, g)
+                fake_v = discriminator_view(x_fake, cfg, res, sigma, False, g)
+                with rt.autocast():
+                    real_logits, fake_logits = D(real_v, t).float(), D(fake_v, t).float()
+                loss_d = d_loss(real_logits, fake_logits, cfg.loss, cfg.label_smoothing)
+                terms = {"loss_d": loss_d, "d_real": real_logits.mean(), "d_fake": fake_logits.mean(),
+                         "acc_real": (real_logits > 0).float().mean(), "acc_fake": (fake_logits < 0).float().mean()}
+                total = loss_d
+                if cfg.penalty != "none" and step % cfg.penalty_every == 0:  # lazy regularisation
+                    terms["penalty"] = gradient_penalty(D, real_v, fake_v, t, cfg.penalty, g)
+                    total = loss_d + penalty_scale(cfg) * terms["penalty"]
+                bad, norms = guarded_step(opts["discriminator"], total, guards["discriminator"])
+                means["d"].add({**terms, "grad_norm_d": norms["d"]}, ~bad)
+                interval.add({"loss": loss_d}, ~bad)
+                # ---- critic step: trains in its isolated, ramp and integrated phases; frozen in isolation
+                if C is not None:
+                    with torch.set_grad_enabled(CRITIC_TRAINS[phase]), rt.autocast():
+                        c_real, c_fake = C(real_v, t).float(), C(fake_v, t).float()
+                    c_terms = {"loss_critic": d_loss(c_real, c_fake, cfg.loss, cfg.label_smoothing),
+                               "critic_acc_real": (c_real > 0).float().mean(), "critic_acc_fake": (c_fake < 0).float().mean()}
+                    keep = torch.ones((), dtype=torch.bool, device=dev)
+                    if CRITIC_TRAINS[phase]:
+                        bad_c, norms_c = guarded_step(opts["critic"], c_terms["loss_critic"], guards["critic"])
+                        keep, c_terms["grad_norm_critic"] = ~bad_c, norms_c["critic"]
+                    means["critic"].add(c_terms, keep)
+                # ---- generator step after every k-th discriminator step (D and the critic frozen meanwhile)
+                if (b + 1) % k == 0:
+                    z = torch.randn((n, cfg.z_dim), generator=g, device=dev)
+                    for m in (D, C):
+                        if m is not None:
+                            m.requires_grad_(False)
+                    with rt.autocast():
+                        x_fake = G(z, t, g).float()
+                        loss_g, g_terms = g_objective(D, C, discriminator_view(x_fake, cfg, res, sigma, False, g), t,
+                                                      cfg.loss, critic_w)
+                    bad_g, norms_g = guarded_step(opts["generator"], loss_g, guards["generator"])
+                    for m in (D, C):
+                        if m is not None:
+                            m.requires_grad_(True)
+                    means["g"].add({"loss_g": loss_g, "g_adv": g_terms["g_adv"], **{f"grad_norm_{k_}": v for k_, v in norms_g.items()}}, ~bad_g)
+                    if "g_critic" in g_terms:  # only while the critic reaches the generator (ramp, integrated)
+                        means["g_critic"].add({"g_critic": g_terms["g_critic"]}, ~bad_g)
+                step += 1
+                log.advance()
+                if step % run.log_every == 0:  # the only host synchronisation inside an epoch
+                    for guard in guards.values():
+                        guard.check()
+                    log.interval(step, interval.read())
+            epoch = e + 1
+            # ---- the epoch's row: losses, schedules, and collapse on the fixed batch
+            row = {f"train/{k_}": v for m in means.values() for k_, v in m.read().items()}
+            for name, guard in guards.items():
+                row.update({f"guard/{name}_{k_}": float(v) for k_, v in guard.check().items()})
+            phase, critic_w = critic_phase_at(cfg, epoch - 1e-9)
+            row.update({"sched/d_steps": float(k), "sched/resolution": float(res), "sched/instance_noise": instance_noise_at(cfg, epoch - 1e-9),
+                        "critic/phase": float(PHASES.index(phase)), "critic/weight": critic_w})
+            watched = measure_collapse(G, D, monitor)
+            warnings = collapse_warnings(watched, cfg)
+            healthy = not warnings
+            watch["streak"] = 0 if healthy else watch["streak"] + 1
+            if healthy:
+                watch["last_healthy"] = epoch
+            else:
+                log.say(f"gan epoch {epoch}: COLLAPSE WARNING ({watch['streak']} epoch(s) in a row): " + "; ".join(warnings))
+            metrics = {**row, **watched, "collapse/healthy": float(healthy)}
+            log.epoch(epoch, step, metrics, {"images_per_s": len(data) / max(time.time() - t_epoch, 1e-9), **memory(dev)})
+            weights_now = flatten_state(nets)
+            if healthy:  # best/ is the last healthy epoch's generator
+                write_atomic(root, "best", lambda f: _save_weights(f, weights_now))
+            if run.checkpoint_every and epoch % run.checkpoint_every == 0:
+                write_atomic(root, f"epoch_{epoch:04d}", lambda f: _save_weights(f, weights_now))
+            if run.sample_every and epoch % run.sample_every == 0 and epoch < cfg.epochs:
+                sample_grid(G, text, root / "samples" / f"epoch_{epoch:04d}.png")
+            if cfg.collapse_patience and watch["streak"] >= cfg.collapse_patience:
+                watch["stopped"] = True
+            save_run_state(root, weights_now, {k_: v for opt in opts.values() for k_, v in opt_state(opt, names).items()},
+                           {"epoch": epoch, "step": step, "guards": {n: gd.state() for n, gd in guards.items()},
+                            "watch": watch, "history": log.history, "params": params})
+            if watch["stopped"]:
+                log.say(f"gan: stopped after epoch {epoch}: collapsed for {watch['streak']} epochs in a row "
+                        f"(gan.collapse_patience); best/ is epoch {watch['last_healthy']}, the last healthy one")
+                break
+    except BaseException:
+        log.close()
+        raise
+    if epoch < cfg.epochs and not watch["stopped"]:  # stopped by --stop-after: the state holds everything to continue
+        log.close()
+        log.say(f"gan: stopped after epoch {epoch} of {cfg.epochs}; run the same command again to continue")
+        return metrics
+    metrics = write_output(G, text, out_dir, root, cfg, params, rt, log, metrics, watch, monitor)
+    seconds = time.time() - t_start
+    log_run("gan", {"seconds": seconds, "steps": step - steps_at_start, **memory(dev), **rt.settings(),
+                    "images_per_s": (step - steps_at_start) * cfg.batch_size / max(seconds, 1e-9)})
+    return metrics
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@torch.no_grad()
+def pooled_prompts(text: TextEncoder, prompts: list[str], batch_size: int = 256) -> torch.Tensor:
+    """(P, D) masked-mean token states of every prompt, computed once (the text encoder is frozen)."""
+    device = next(text.parameters()).device
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        tok = text.tokenize(prompts[i : i + batch_size], device)
+        out.append(TextEncoder.pool(text.states(tok["input_ids"], tok["attention_mask"]), tok["attention_mask"]))
+    return torch.cat(out)
+
+
+# --- the collapse monitor's fixed batch ----------------------------------------------------------------------
+
+
+def monitor_batch(data, pooled: torch.Tensor, cfg: GANConfig, seed: int, device: torch.device) -> dict:
+    """``monitor_size`` fixed training sprites with one fixed prompt each, fixed noise, and the sprites'
+    pixel statistics (the rubric's real reference, at the same count)."""
+    n = min(cfg.monitor_size, len(data))
+    g = torch.Generator().manual_seed(derive_seed(seed, "gan", "monitor"))
+    idx = torch.randperm(len(data), generator=g)[:n]
+    pool = data.pool()
+    count = pool.count.cpu()[idx]
+    pick = (torch.rand(n, generator=g) * count).long()
+    prompt = pool.ids.cpu()[idx, pick]
+    real = data.images_u8[idx.to(data.device)]  # (n, 3, R, R) uint8
+    return {"z": torch.randn((n, cfg.z_dim), generator=g).to(device), "text": pooled[prompt.to(pooled.device)],
+            "real": real.float() / 127.5 - 1, "reference": pixel_statistics(real.cpu().numpy())}
+
+
+@torch.no_grad()
+def measure_collapse(G: Generator, D: ProjectionDiscriminator, monitor: dict) -> dict[str, float]:
+    """The fixed batch through the generator (evaluation mode): the collapse row, the NCA's alive ratio, and
+    the discriminator's accuracy on the clean fixed reals and fakes (logit > 0 called real; for the wgan
+    loss, whose critic has no fixed midpoint, read it as a trend only)."""
+    was_g, was_d = G.training, D.training
+    G.eval()
+    D.eval()
+    x, alive = G.forward_alive(monitor["z"], monitor["text"])
+    row = collapse_row(x, monitor["reference"])
+    if alive is not None:
+        row["nca/alive_ratio"] = float(alive)
+    row["collapse/d_acc_real"] = float((D(monitor["real"], monitor["text"]) > 0).float().mean())
+    row["collapse/d_acc_fake"] = float((D(x, monitor["text"]) < 0).float().mean())
+    G.train(was_g)
+    D.train(was_d)
+    return row
+
+
+# --- grids and output ------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def sample_grid(G: Generator, text: TextEncoder, path: Path) -> None:
+    """The fixed prompts x 2 seeds, one prompt per column."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prompts = list(FIXED_PROMPTS) * 2
+    seeds = [0] * len(FIXED_PROMPTS) + [1] * len(FIXED_PROMPTS)
+    save_grid(generate_images(G, text, prompts, seeds, batch_size=len(prompts)), path, ncol=len(FIXED_PROMPTS),
+              scale=max(1, 128 // G.resolution))
+
+
+def _save_weights(folder: Path, flat: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v for k, v in flat.items() if k.startswith("generator.")}, str(folder / "model.safetensors"))
+
+
+def write_output(G: Generator, text: TextEncoder, out_dir: Path, root: Path, cfg: GANConfig, params: dict, rt: Runtime,
+                 log: TrainLog, metrics: dict, watch: dict, monitor: dict) -> dict:
+    """The final bundle, best/ (the last healthy epoch) and kept epochs as bundles, the sample grid, metrics,
+    the collapse report, history.csv and curves.png; made in a temporary folder, then moved into place.
+    Then the run state is removed, so a forced re-run starts fresh."""
+    extra = {"params": params, "run": rt.settings(), "text_source": "models/text"}
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_bundle(tmp, G, text, extra)
+    for kept in sorted(p.name.removesuffix(".json") for p in root.glob("*.json") if p.name.startswith(("best", "epoch_"))):
+        other = Generator(cfg, G.resolution, text.dim).to(rt.device)
+        load_into(other, load_tensors(current(root, kept) / "model.safetensors"), "generator", root / kept)
+        save_bundle(tmp / kept, other, text, extra)
+    if (root / "samples").is_dir():
+        shutil.copytree(root / "samples", tmp / "samples")
+    sample_grid(G, text, tmp / "samples.png")
+    log.image("gan_samples.png", tmp / "samples.png")
+    epochs = [r for r in log.history if r["kind"] == "epoch"]
+    metrics = {**metrics, "epochs": float(len(epochs)), "stopped_on_collapse": float(watch["stopped"])}
+    final = {k: v for k, v in metrics.items() if k.startswith(("collapse/", "nca/"))}
+    write_json({"final": final, "warnings": collapse_warnings(final, cfg) if final else [],
+                "last_healthy_epoch": watch["last_healthy"], "stopped_on_collapse": watch["stopped"],
+                "score_max": 3 * len(PIXEL_RUBRIC), "rubric": {k: list(v) for k, v in PIXEL_RUBRIC.items()},
+                "not_scored_in_training": list(FEATURE_INDICATORS), "monitor_size": len(monitor["z"]),
+                "reference": monitor["reference"]}, tmp / "collapse.json")
+    write_json({k: v for k, v in metrics.items() if v == v}, tmp / "metrics.json")
+    log.finish(tmp, {k: v for k, v in metrics.items() if v == v})
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    shutil.rmtree(root, ignore_errors=True)
+    if root.parent.is_dir() and not any(root.parent.iterdir()):
+        root.parent.rmdir()
+    return metrics
