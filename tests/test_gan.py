@@ -293,3 +293,163 @@ def test_the_collapse_score_is_the_function_evaluation_uses():
     pixel, _ = C.collapse_score(ind, C.PIXEL_RUBRIC)
     assert pixel == sum(parts[k] for k in C.PIXEL_INDICATORS) == 2 + 2 + 0 and full == pixel + 6
     assert np.isclose(C.indicator_ratio(0.5, 0.0), 0.0) and C.indicator_ratio(1.0, 4.0) == 0.25
+
+
+# --- a tiny trained run ------------------------------------------------------------------------------------------
+
+import json  # noqa: E402
+import shutil  # noqa: E402
+
+import yaml  # noqa: E402
+
+from spritegen.cli import main as cli  # noqa: E402
+from spritegen.errors import UserError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    from spritegen.data.synthetic import write_prepared
+
+    root = tmp_path_factory.mktemp("gan")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    write_prepared(root / "data/prepared", n_per_split=(24, 8, 8), resolution=16, seed=0)
+    (root / "params.yaml").write_text(yaml.safe_dump({"train": {"threads": 1}}))
+    assert cli(["train", "text", "--preset", "tiny"]) == 0
+    assert cli(["train", "gan", "--preset", "tiny"]) == 0
+    yield root
+    mp.undo()
+
+
+@pytest.mark.slow
+def test_the_stage_writes_a_self_describing_bundle(workdir):
+    from spritegen.checkpoint import load_config
+
+    d = workdir / "models/gan"
+    for f in ("model.safetensors", "config.yaml", "tokenizer", "samples.png", "metrics.json", "history.csv", "curves.png",
+              "collapse.json"):
+        assert (d / f).exists(), f
+    config = load_config(d)
+    assert config["family"] == "gan" and config["params"]["gan"]["w_dim"] == 16 and config["run"]["threads"] == 1
+    metrics = json.loads((d / "metrics.json").read_text())
+    for k in ("train/loss_d", "train/loss_g", "train/acc_real", "train/acc_fake", "train/penalty", "collapse/score",
+              "collapse/unique_pixels", "collapse/unique_share", "collapse/out_min", "collapse/out_max", "collapse/d_acc_real",
+              "collapse/d_acc_fake", "sched/d_steps", "sched/instance_noise", "critic/phase"):
+        assert k in metrics, k
+    assert metrics["sched/d_steps"] == 2  # the tiny preset's boundary is epoch 1: the later schedule by the end
+    collapse = json.loads((d / "collapse.json").read_text())
+    assert collapse["not_scored_in_training"] == ["pairwise_distance_ratio", "coverage"] and collapse["score_max"] == 9
+    assert len((d / "history.csv").read_text().splitlines()) == 1 + 2  # a row per epoch
+    if metrics["collapse/healthy"]:
+        assert (d / "best/model.safetensors").exists()
+    assert not list((workdir / "models/.state").glob("*/last.json"))
+
+
+@pytest.mark.slow
+def test_generation_is_deterministic_batch_independent_and_follows_the_prompt(workdir):
+    from spritegen.generators import load_generator
+
+    gen = load_generator("gan", workdir / "models/gan", device="cpu")
+    prompts = ["a red fire type pokemon", "a blue water pokemon", "a small green grass pokemon"]
+    a = gen.generate(prompts, [0, 1, 2])
+    assert a.dtype == torch.uint8 and a.shape == (3, 3, 16, 16)
+    assert torch.equal(a, gen.generate(prompts[::-1], [2, 1, 0]).flip(0))
+    assert torch.equal(load_generator("gan", workdir / "models/gan", device="cpu").generate(prompts[:1], [0])[0], a[0])
+    assert not torch.equal(gen.generate(prompts[:1], [5]), a[:1])  # another seed, another sprite
+    # the same noise under another prompt: another sprite (the condition reaches the output)
+    same_seed = gen.generate(["a red fire type pokemon", "a purple ghost type pokemon"], [3, 3])
+    assert (same_seed[0].float() - same_seed[1].float()).abs().mean() > 0.5
+    with pytest.raises(UserError, match="empty"):
+        gen.generate(["  "], [0])
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_another_family_is_refused_naming_both(workdir, tmp_path):
+    from spritegen.cvae.bundle import load_bundle as load_cvae
+    from spritegen.gan.bundle import load_bundle
+
+    other = tmp_path / "cvae_like"
+    shutil.copytree(workdir / "models/gan", other)
+    config = yaml.safe_load((other / "config.yaml").read_text())
+    (other / "config.yaml").write_text(yaml.safe_dump({**config, "family": "cvae"}))
+    with pytest.raises(UserError, match="holds a 'cvae' model, not a 'gan' one"):
+        load_bundle(other)
+    with pytest.raises(UserError, match="holds a 'gan' model, not a 'cvae' one"):
+        load_cvae(workdir / "models/gan")
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_the_same_bytes(workdir, tmp_path, monkeypatch):
+    """Uninterrupted vs killed in the middle of epoch 2 and run again by the same command: equal bit for bit
+    (weights, history, metrics, collapse report, sample grid)."""
+    import spritegen.gan.train as gan_train
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"threads": 1}}))
+    base = ["train", "gan", "--preset", "tiny", "--data", str(workdir / "data/prepared"), "--text", str(workdir / "models/text")]
+    assert cli(base + ["--out", "a/gan"]) == 0
+    real_step, calls = gan_train.guarded_step, {"n": 0}
+
+    def killed_mid_epoch_2(*args, **kwargs):  # 4 guarded steps per epoch (3 D, 1 G): the 6th is in epoch 2
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt("killed")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(gan_train, "guarded_step", killed_mid_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        cli(base + ["--out", "b/gan"])
+    assert not (tmp_path / "b/gan/model.safetensors").exists() and (tmp_path / "b/.state/gan/last.json").exists()
+    monkeypatch.setattr(gan_train, "guarded_step", real_step)
+    assert cli(base + ["--out", "b/gan"]) == 0
+    for f in ("model.safetensors", "history.csv", "metrics.json", "collapse.json", "samples.png"):
+        assert (tmp_path / "a/gan" / f).read_bytes() == (tmp_path / "b/gan" / f).read_bytes(), f
+    # and --stop-after 1, then the same command, too
+    assert cli(base + ["--out", "c/gan", "--stop-after", "1"]) == 0
+    assert cli(base + ["--out", "c/gan"]) == 0
+    assert (tmp_path / "a/gan/model.safetensors").read_bytes() == (tmp_path / "c/gan/model.safetensors").read_bytes()
+    # and it equals the fixture's run in another folder: the same params and data, the same bytes
+    assert (tmp_path / "a/gan/model.safetensors").read_bytes() == (workdir / "models/gan/model.safetensors").read_bytes()
+
+
+@pytest.mark.slow
+def test_every_option_trains_and_a_persistent_collapse_stops_the_run(workdir, tmp_path, monkeypatch):
+    """NCA, critic through all four phases, wgan + wgan-gp, the curriculum and decaying real-only noise in one
+    run; then thresholds no generator can meet: the run stops after collapse_patience epochs, with no best/."""
+    from spritegen.config import deep_merge
+    from spritegen.params import resolved
+
+    monkeypatch.chdir(tmp_path)
+    tiny = resolved(None, "tiny")  # the preset written out, so these runs' own values win over it
+
+    def params(gan: dict) -> None:
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(deep_merge(tiny, {"train": {"threads": 1}, "gan": gan})))
+
+    every = {"nca": True, "nca_channels": 6, "nca_hidden": 16, "nca_steps": 3, "critic": True, "critic_width": 16,
+             "critic_heads": 2, "critic_layers": 1, "critic_isolated_epochs": 1, "critic_isolation_epochs": 1,
+             "critic_ramp_epochs": 1, "epochs": 4, "loss": "wgan", "penalty": "wgan-gp", "curriculum": [[0, 4], [2, 8]],
+             "instance_noise_decay_epochs": 3, "instance_noise_on": "real", "label_smoothing": 1.0}
+    params(every)
+    base = ["train", "gan", "--data", str(workdir / "data/prepared"), "--text", str(workdir / "models/text")]
+    assert cli(base + ["--out", "every/gan"]) == 0
+    rows = list(__import__("csv").DictReader(open(tmp_path / "every/gan/history.csv")))
+    assert [float(r["critic/phase"]) for r in rows] == [1.0, 2.0, 3.0, 4.0]  # isolated, isolation, ramp, integrated
+    assert [float(r["sched/resolution"]) for r in rows] == [4.0, 4.0, 8.0, 8.0]
+    assert rows[0]["train/g_critic"] == "" and rows[3]["train/g_critic"] != ""  # the critic reaches G only once ramping
+    assert 0 <= float(rows[-1]["nca/alive_ratio"]) <= 1
+    params({"epochs": 5, "collapse_min_unique_share": 1.0, "collapse_patience": 2})
+    assert cli(base + ["--out", "stop/gan"]) == 0
+    metrics = json.loads((tmp_path / "stop/gan/metrics.json").read_text())
+    assert metrics["stopped_on_collapse"] == 1.0 and metrics["epochs"] == 2.0 and metrics["collapse/healthy"] == 0.0
+    assert not (tmp_path / "stop/gan/best").exists()  # never healthy: no best
+    assert json.loads((tmp_path / "stop/gan/collapse.json").read_text())["last_healthy_epoch"] is None
+
+
+@pytest.mark.slow
+def test_sample_set_and_sample_cli(workdir, monkeypatch, tmp_path):
+    monkeypatch.chdir(workdir)
+    assert cli(["sample-set", "--family", "gan", "--model", "models/gan", "--preset", "tiny", "--out", str(tmp_path / "s")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "s/prompts.jsonl").read_text().splitlines()]
+    assert len(rows) == len(list((tmp_path / "s/images").glob("*.png"))) > 0
+    assert cli(["sample", "a red fire pokemon", "--family", "gan", "--n", "2", "--out", str(tmp_path / "g.png"), "--preset", "tiny"]) == 0
+    assert (tmp_path / "g.png").exists()
