@@ -56,7 +56,7 @@ class GANConfig:
     loss: Literal["hinge", "wgan", "nonsaturating"] = field(default="nonsaturating", metadata={"doc": "adversarial loss: nonsaturating (the seed's BCE, where label smoothing applies), hinge, or wgan (pair it with penalty wgan-gp)"})
     penalty: Literal["wgan-gp", "r1", "none"] = field(default="r1", metadata={"doc": "discriminator gradient penalty: wgan-gp ((|grad D(x_hat)| - 1)^2 on real/fake interpolates, the seed's), r1 (|grad D(x_real)|^2, Mescheder et al. 2018; one double-backward on the reals only), none"})
     penalty_weight: float = field(default=10.0, metadata={"ge": 0, "doc": "lambda of wgan-gp (seed: 10) or gamma of r1 (the loss adds gamma/2 |grad|^2)"})
-    penalty_every: int = field(default=4, metadata={"ge": 1, "doc": "lazy regularisation (Karras et al. 2020): the penalty on every k-th D step only, multiplied by k. The double backward is most of a D step's cost on the CPU"})
+    penalty_every: int = field(default=4, metadata={"ge": 1, "doc": "lazy regularisation (Karras et al. 2020): the penalty on every k-th D step only, multiplied by k. Its double backward adds about half to a D step's time on the CPU (docs/gan.md)"})
     label_smoothing: float = field(default=0.9, metadata={"gt": 0, "le": 1, "doc": "one-sided label smoothing: the real target of the nonsaturating loss (seed: 0.9; 1: off). Hinge and wgan have no labels: it does not apply to them"})
     instance_noise: float = field(default=0.05, metadata={"ge": 0, "doc": "std of Gaussian noise added to the discriminator's inputs (seed: 0.05, on [-1, 1] images)"})
     instance_noise_on: Literal["real", "both"] = field(default="both", metadata={"doc": "both (Sonderby et al. 2017: real and fake, so the noise itself tells D nothing) or real (the seed's code: reals only)"})
@@ -70,7 +70,7 @@ class GANConfig:
     # --- training ---------------------------------------------------------------------------------------------
     epochs: int = field(default=40, metadata={"ge": 1})
     batch_size: int = field(default=32, metadata={"ge": 1, "doc": "real images per discriminator step; an epoch is one pass of the training sprites through D"})
-    lr_g: float = field(default=2e-4, metadata={"gt": 0, "doc": "generator (mapping + synthesis) Adam rate. The seed's 5e-5 was set for hundreds of epochs; in the CPU budget (a few hundred generator steps) the generator must move faster than that, so the default is the usual 2e-4 and the 1:4 balance of the seed becomes TTUR's 1:2 (Heusel et al. 2017) with lr_d"})
+    lr_g: float = field(default=2e-4, metadata={"gt": 0, "doc": "generator (mapping + synthesis) Adam rate. The seed's 5e-5 went with hundreds of epochs on a GPU; the default run makes about 470 generator steps (40 epochs of 26 D steps, 3 then 2 D steps per G step), so it takes the usual 2e-4, and the seed's 1:4 balance with the discriminator becomes TTUR's 1:2 (Heusel et al. 2017). Not measured against the seed's rates on our data (docs/gan.md)"})
     lr_d: float = field(default=4e-4, metadata={"gt": 0, "doc": "discriminator Adam rate (seed: 2e-4); faster than the generator's, as the seed and TTUR both have it"})
     lr_nca: float = field(default=5e-5, metadata={"gt": 0, "doc": "NCA Adam rate (seed: 2e-5, 10x below its generator): a quarter of lr_g, the seed's 1:2.5 ratio rounded, scaled with lr_g"})
     lr_critic: float = field(default=2e-4, metadata={"gt": 0, "doc": "transformer critic Adam rate (seed: 1e-4), scaled with lr_d"})
