@@ -183,6 +183,19 @@ def test_shapes_range_and_the_seed_init():
     assert G.nca.update_out.weight.abs().sum() == 0  # the NCA starts as the identity
 
 
+def test_minibatch_std_sees_identical_samples_and_takes_any_batch_size():
+    from spritegen.gan.model import minibatch_std
+
+    same = torch.randn(1, 5, 4, 4).expand(8, -1, -1, -1)
+    assert minibatch_std(same, 4).max() < 1e-3 and minibatch_std(torch.randn(8, 5, 4, 4), 4).min() > 0.5
+    assert minibatch_std(torch.randn(7, 5, 4, 4), 4).shape == (7, 1, 4, 4)  # 7 = 7 groups of one: spread 0
+    x = torch.randn(8, 5, 4, 4)
+    manual = x.reshape(4, 2, 5, 4, 4).var(0, unbiased=False).add(1e-8).sqrt().mean(dim=(1, 2, 3))  # groups {0,2,4,6}, {1,3,5,7}
+    assert torch.allclose(minibatch_std(x, 4)[:, 0, 0, 0], manual.repeat(4))
+    _, _, D = _nets(d_minibatch_std=0)
+    assert D.final.in_channels == 16
+
+
 def test_the_projection_discriminator_reads_the_prompt():
     _, _, D = _nets()
     D.eval()
@@ -260,7 +273,8 @@ def test_the_collapse_monitor_calls_a_constant_batch_collapsed():
     assert row["collapse/score"] == 9 and row["collapse/unique_pixels"] == 1
     assert row["collapse/out_min"] == row["collapse/out_max"] == pytest.approx(0.07)
     warnings = collapse_warnings(row, _cfg())
-    assert len(warnings) == 3 and "unique pixels" in warnings[0] and "does not span" in warnings[1]
+    assert len(warnings) == 4 and "unique pixels" in warnings[0] and "does not span" in warnings[1]
+    assert "spread across samples" in warnings[2] and "collapse score 9/9" in warnings[3]
     # one sprite repeated: full range and many colours, but no spread across samples
     same = _varied()[:1].expand(16, -1, -1, -1)
     assert collapse_row(same, REAL)["collapse/points_channel_std"] == 3

@@ -35,6 +35,7 @@ class GANConfig:
     # --- discriminator: projection on the text -------------------------------------------------------
     d_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128], metadata={"arch": True, "ge": 1, "doc": "discriminator widths: a 3x3 convolution at full resolution, then one stride-2 convolution per further entry, down to 4x4 (the same length rule as g_channels)"})
     d_dropout: float = field(default=0.3, metadata={"ge": 0, "lt": 1, "doc": "dropout after every discriminator activation in training (seed: 0.3)"})
+    d_minibatch_std: int = field(default=4, metadata={"arch": True, "ge": 0, "doc": "minibatch standard deviation (Karras et al. 2018): D's last block also sees the spread of its features across groups of this many samples, so a generator that draws one image for every noise and prompt is visible to it (0: off; not in the seed)"})
     # --- optional NCA refinement ------------------------------------------------------------------------
     nca: bool = field(default=False, metadata={"arch": True, "doc": "refine the synthesised image with a neural cellular automaton whose update reads each cell's 3x3 neighbourhood and w (seed 002's NCA); its alive ratio is logged"})
     nca_channels: int = field(default=16, metadata={"arch": True, "ge": 5, "doc": "NCA state channels: RGB, alive, and hidden ones"})
@@ -77,10 +78,12 @@ class GANConfig:
     beta1: float = field(default=0.0, metadata={"ge": 0, "lt": 1, "doc": "Adam beta1 of every optimiser (0: the StyleGAN2 / BigGAN choice; momentum chases a moving adversary)"})
     beta2: float = field(default=0.99, metadata={"ge": 0, "lt": 1, "doc": "Adam beta2"})
     grad_clip: float = field(default=10.0, metadata={"gt": 0, "doc": "gradient-norm limit of each network (the step guard's explosion check uses the norms before clipping)"})
+    explode_factor: float = field(default=1000.0, metadata={"gt": 1, "doc": "the GAN's step guards skip a step whose gradient norm exceeds this many times the running median (replaces train.explode_factor here). A GAN's gradient scale moves by orders of magnitude when D and G trade places; with the shared 50 the first default run skipped every step once it moved and stopped at epoch 23 (docs/gan.md). NaN/Inf steps are skipped whatever this is"})
     # --- collapse watched while training ----------------------------------------------------------------------
     monitor_size: int = field(default=64, metadata={"ge": 2, "doc": "fixed noise x fixed prompts generated every epoch for the collapse monitor (and as many fixed real sprites as its reference)"})
     collapse_min_unique_share: float = field(default=0.10, metadata={"ge": 0, "le": 1, "doc": "warn below this share of unique RGB values among the monitor batch's pixels (seed's target: > 10%; the seed's collapsed GAN had 0.05%)"})
     collapse_min_span: float = field(default=0.5, metadata={"ge": 0, "le": 1, "doc": "warn unless the raw output reaches below -span and above +span (seed's check: outputs span -0.5..0.5 at least; its collapse: 0.043..0.102)"})
+    collapse_min_spread: float = field(default=0.5, metadata={"ge": 0, "doc": "warn when the spread across samples (channel_std) is below this share of the real sprites' (the rubric's 0-point edge). The first default run drew one noisy image for every prompt and seed: its unique-pixel share and value range looked healthy, only the spread saw it (docs/gan.md)"})
     collapse_max_score: int = field(default=4, metadata={"ge": 0, "le": 15, "doc": "warn when the training collapse score (the evaluation rubric's pixel indicators; the feature-space points count 0, so it is a lower bound of the evaluation's score) exceeds this (seed: healthy < 5 of 15)"})
     collapse_patience: int = field(default=0, metadata={"ge": 0, "doc": "stop after this many consecutive collapsed epochs (any warning above), keeping the last healthy epoch as best/ (0: never stop)"})
 

@@ -185,7 +185,8 @@ class ProjectionDiscriminator(nn.Module):
         ch = cfg.d_channels
         self.from_rgb = nn.Conv2d(3, ch[0], 3, padding=1)
         self.downs = nn.ModuleList(nn.Conv2d(a, b, 4, stride=2, padding=1) for a, b in zip(ch[:-1], ch[1:]))
-        self.final = nn.Conv2d(ch[-1], ch[-1], 3, padding=1)
+        self.mbstd = cfg.d_minibatch_std
+        self.final = nn.Conv2d(ch[-1] + (1 if self.mbstd else 0), ch[-1], 3, padding=1)
         self.dropout = nn.Dropout(cfg.d_dropout)
         self.psi = nn.Linear(ch[-1], 1)
         self.embed = nn.Linear(text_width, ch[-1], bias=False)  # V: the prompt's projection
@@ -194,12 +195,25 @@ class ProjectionDiscriminator(nn.Module):
         h = self.dropout(F.leaky_relu(self.from_rgb(x), LRELU))
         for conv in self.downs:
             h = self.dropout(F.leaky_relu(conv(h), LRELU))
+        if self.mbstd:
+            h = torch.cat([h, minibatch_std(h, self.mbstd)], 1)
         h = F.leaky_relu(self.final(h), LRELU)  # (B, C, 4, 4)
         return h.sum(dim=(2, 3))  # (B, C): sum pooling, as in the projection discriminator paper
 
     def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         phi = self.features(x)
         return self.psi(phi).squeeze(1) + (self.embed(text) * phi).sum(1)  # (B,)
+
+
+def minibatch_std(h: torch.Tensor, group: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, 1, H, W): the std of the features across each group of samples, averaged over
+    C, H, W, as one constant map per sample (ProGAN/StyleGAN). The group is the largest divisor of B up to
+    ``group``, so any batch size works (a group of one has spread 0)."""
+    B = len(h)
+    g = max(d for d in range(1, min(group, B) + 1) if B % d == 0)
+    y = h.reshape(g, B // g, *h.shape[1:])  # sample b belongs to group b % (B // g)
+    std = (y.var(0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (B // g,)
+    return std.repeat(g)[:, None, None, None].expand(B, 1, *h.shape[2:])
 
 
 class TransformerCritic(nn.Module):

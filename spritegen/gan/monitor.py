@@ -50,6 +50,9 @@ def collapse_warnings(row: dict[str, float], cfg: GANConfig) -> list[str]:
     if row["collapse/out_min"] > -cfg.collapse_min_span or row["collapse/out_max"] < cfg.collapse_min_span:
         out.append(f"output range {row['collapse/out_min']:.3f}..{row['collapse/out_max']:.3f} does not span "
                    f"-{cfg.collapse_min_span}..{cfg.collapse_min_span}")
+    if row["collapse/channel_std_ratio"] < cfg.collapse_min_spread:
+        out.append(f"spread across samples {row['collapse/channel_std_ratio']:.2f} of the real sprites' < {cfg.collapse_min_spread} "
+                   "(noise and prompt barely change the image)")
     if row["collapse/score"] > cfg.collapse_max_score:
         out.append(f"collapse score {row['collapse/score']:.0f}/9 on the pixel indicators > {cfg.collapse_max_score} "
                    f"(the evaluation's 15-point score is at least as high: {collapse_band(row['collapse/score'])} or worse)")

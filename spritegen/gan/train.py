@@ -103,7 +103,7 @@ def train_gan(cfgs: dict, data_dir: Path, out_dir: Path, text_dir: Path = Path("
     for opt in opts.values():
         for group in opt.param_groups:  # constant rates (the seed's); GANs' Adam betas
             group["lr"], group["betas"] = group["peak_lr"], (cfg.beta1, cfg.beta2)
-    guards = {name: StepGuard(run.max_bad_steps, run.explode_factor, dev) for name in opts}
+    guards = {name: StepGuard(run.max_bad_steps, cfg.explode_factor, dev) for name in opts}  # gan.explode_factor: see its doc
     names = {p: f"{net}.{n}" for net, m in nets.items() for n, p in m.named_parameters()}
 
     # ---- run state: an interrupted run of the same params, code and inputs continues where it stopped
