@@ -10,9 +10,9 @@ import torch
 import yaml
 
 from spritegen.cli import main as cli
+from spritegen.attributes import ATTRIBUTES, cardinalities
 from spritegen.config import from_dict
-from spritegen.cvae.attributes import ATTRIBUTES
-from spritegen.cvae.bundle import CVAEGenerator, cardinalities, load_bundle
+from spritegen.cvae.bundle import CVAEGenerator, load_bundle
 from spritegen.cvae.config import CVAEConfig
 from spritegen.cvae.model import CVAE, beta_at, elbo_terms, kl_per_dim, total_loss
 from spritegen.data.synthetic import write_prepared

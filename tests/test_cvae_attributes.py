@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from spritegen.cvae.attributes import (
+from spritegen.attributes import (
     ATTRIBUTES,
     SHAPES,
     UNKNOWN,

@@ -8,7 +8,7 @@
     gen = CVAEGenerator.load("models/cvae", device="cpu", temperature=1.0)
     images = gen.generate(["a small red fire type pokemon"], seeds=[0])    # (1, 3, R, R) uint8
 
-Generation parses the attributes from the prompt (spritegen/cvae/attributes.py; what it does not name is
+Generation parses the attributes from the prompt (spritegen/attributes.py; what it does not name is
 "unknown", as training showed the model), encodes the prompt, and decodes z ~ N(0, temperature² I)
 drawn from the image's own seed: the same prompt, seed and checkpoint give the same bytes, whatever the
 batch.
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
+from spritegen.attributes import cardinalities, check_vocabularies, prompt_attributes, vocabularies
 from spritegen.checkpoint import load_config, load_into, load_tensors, save_checkpoint
 from spritegen.config import ConfigError, from_dict, to_dict
-from spritegen.cvae.attributes import ATTRIBUTES, parse_prompt
 from spritegen.cvae.config import CVAEConfig
 from spritegen.cvae.model import CVAE
 from spritegen.errors import UserError
@@ -31,13 +31,9 @@ from spritegen.runtime import pick_device
 from spritegen.text.encoder import TextEncoder, build_text_encoder, save_tokenizer, text_config_dict
 
 
-def cardinalities() -> list[int]:
-    return [len(values) for values in ATTRIBUTES.values()]
-
-
 def save_bundle(folder: Path, model: CVAE, text: TextEncoder, extra: dict) -> Path:
     config = {"family": "cvae", "cvae": to_dict(model.cfg), "resolution": model.resolution,
-              "text_model": text_config_dict(text), "attributes": {k: list(v) for k, v in ATTRIBUTES.items()}, **extra}
+              "text_model": text_config_dict(text), "attributes": vocabularies(), **extra}
     save_checkpoint(folder, {"cvae": model, "text": text.model}, config)
     save_tokenizer(text, folder)
     return Path(folder)
@@ -53,8 +49,7 @@ def load_bundle(folder: str | Path) -> tuple[CVAE, TextEncoder, dict]:
     family = meta.get("family", "ldm" if "vae" in meta or "unet" in meta else "unknown")
     if family != "cvae":
         raise UserError(f"{folder} holds a {family!r} model, not a 'cvae' one: load it as the {family} family")
-    if meta.get("attributes") != {k: list(v) for k, v in ATTRIBUTES.items()}:
-        raise UserError(f"{folder}: its attribute vocabularies differ from this code's (spritegen/cvae/attributes.py); retrain it")
+    check_vocabularies(meta, folder)
     try:
         cfg = from_dict(CVAEConfig, meta["cvae"], "cvae")
     except ConfigError as e:
@@ -65,12 +60,6 @@ def load_bundle(folder: str | Path) -> tuple[CVAE, TextEncoder, dict]:
     model = CVAE(cfg, int(meta["resolution"]), text.dim, cardinalities())
     load_into(model, flat, "cvae", folder)
     return model.eval(), text.eval(), meta
-
-
-def prompt_attributes(prompts: list[str], device: torch.device) -> torch.Tensor:
-    """(B, A) attribute ids parsed from the prompts (an empty prompt is an error naming it)."""
-    rows = [parse_prompt(p) for p in prompts]
-    return torch.tensor([[row[k] for k in ATTRIBUTES] for row in rows], device=device)
 
 
 @torch.no_grad()

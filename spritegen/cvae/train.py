@@ -19,23 +19,24 @@ from pathlib import Path
 
 import torch
 
+from spritegen.attributes import ATTRIBUTES, attribute_matrix, balanced_weights, cardinalities, drop_attributes, measure_shapes
 from spritegen.checkpoint import flatten_state, load_into, load_tensors
-from spritegen.cvae.attributes import ATTRIBUTES, attribute_matrix, balanced_weights, measure_shapes
-from spritegen.cvae.bundle import cardinalities, generate_images, load_bundle, save_bundle
+from spritegen.cvae.bundle import generate_images, load_bundle, save_bundle
 from spritegen.cvae.config import CVAEConfig
 from spritegen.cvae.model import CVAE, beta_at, elbo_terms, kl_per_dim, total_loss
 from spritegen.data.dataset import SpriteSplit, load_split
 from spritegen.errors import UserError
+from spritegen.image_losses import Perceptual
 from spritegen.io import save_grid, write_json
 from spritegen.text.encoder import TextEncoder, load_text_encoder
 from spritegen.train.batches import Batch, SpriteBatches
 from spritegen.train.guards import EarlyStopping, StepGuard
-from spritegen.image_losses import Perceptual
 from spritegen.train.log import Means, TrainLog, memory
 from spritegen.train.optim import adamw, guarded_step, load_opt_state, opt_state, set_lr
 from spritegen.train.runtime import Runtime, start
 from spritegen.train.state import (check_resume_params, code_files, current, fingerprint, load_run_state, open_state,
-                                   save_run_state, write_atomic)
+                                   publish, save_run_state, staging, write_atomic)
+from spritegen.train.text import pooled_prompts
 
 SECTIONS = ("train", "cvae")
 PARAMS = ("train", "cvae")  # what the stage reads: dvc.yaml lists the same, tests/test_stage_params.py checks both
@@ -190,25 +191,6 @@ def draw_epoch(data: SpriteBatches, g: torch.Generator, batch_size: int, hflip: 
         yield Batch(idx[b : b + batch_size], flip[b : b + batch_size], prompt[b : b + batch_size])
 
 
-def drop_attributes(attrs: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
-    """Each attribute replaced by 0 ("unknown") with probability ``p``: a prompt that names only a colour
-    must be a condition the model has seen."""
-    if p <= 0:
-        return attrs
-    return torch.where(torch.rand(attrs.shape, generator=g, device=attrs.device) < p, torch.zeros_like(attrs), attrs)
-
-
-@torch.no_grad()
-def pooled_prompts(text: TextEncoder, prompts: list[str], batch_size: int = 256) -> torch.Tensor:
-    """(P, D) masked-mean token states of every prompt, computed once (the text encoder is frozen)."""
-    device = next(text.parameters()).device
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        tok = text.tokenize(prompts[i : i + batch_size], device)
-        out.append(TextEncoder.pool(text.states(tok["input_ids"], tok["attention_mask"]), tok["attention_mask"]))
-    return torch.cat(out)
-
-
 # --- validation, grids, output ---------------------------------------------------------------------------
 
 
@@ -276,8 +258,7 @@ def write_output(model: CVAE, text: TextEncoder, out_dir: Path, root: Path, vals
     state is removed, so a forced re-run starts fresh."""
     extra = {"params": params, "run": rt.settings(), "perceptual_backend": perceptual.backend,
              "text_source": "models/text"}
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging(out_dir)
     _, kl_dims = validate(model, valset, perceptual, cfg)
     save_bundle(tmp, model, text, extra)
     for kept in sorted(p.name.removesuffix(".json") for p in root.glob("*.json") if p.name.startswith(("best", "epoch_"))):
@@ -293,9 +274,5 @@ def write_output(model: CVAE, text: TextEncoder, out_dir: Path, root: Path, vals
                 "attributes": list(ATTRIBUTES)}, tmp / "collapse.json")
     write_json({k: v for k, v in metrics.items() if v == v}, tmp / "metrics.json")
     log.finish(tmp, {k: v for k, v in metrics.items() if v == v})
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    shutil.rmtree(root, ignore_errors=True)
-    if root.parent.is_dir() and not any(root.parent.iterdir()):
-        root.parent.rmdir()
+    publish(tmp, out_dir, root)
     return metrics

@@ -47,8 +47,8 @@ from spritegen.image_losses import Perceptual
 from spritegen.train.log import Means, TrainLog, memory
 from spritegen.train.optim import EMA, adamw, guarded_step, load_opt_state, opt_state, set_lr
 from spritegen.train.runtime import Runtime, start
-from spritegen.train.state import (check_resume_params, code_files, fingerprint, load_run_state, open_state,
-                                   save_run_state, state_root, write_atomic)
+from spritegen.train.state import (check_resume_params, code_files, fingerprint, load_run_state, open_state, publish,
+                                   save_run_state, staging, state_root, write_atomic)
 from spritegen.train.text import PromptTable
 
 SECTIONS = ("train", "text", "vae", "unet", "ldm")
@@ -460,8 +460,7 @@ def write_stage_output(s: StageRun, out_dir: Path, root: Path, train: SpriteSpli
     ldm.unet_ema = ema.state_dict() if ema is not None else None
     ldm.meta["stages"] = list(dict.fromkeys(ldm.meta.get("stages", []) + [stage]))
     config = {"stage": stage, "params": params, "run": s.rt.settings()}
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging(out_dir)
     if stage == "vae":  # measured once, on every training image, with the final weights
         ldm.latent_scale = measure_scale(ldm.vae, train.images)
     save_bundle(tmp, ldm, config)
@@ -482,11 +481,7 @@ def write_stage_output(s: StageRun, out_dir: Path, root: Path, train: SpriteSpli
                "stopped_early": float(early.stop), **({"latent_scale": ldm.latent_scale} if stage == "vae" else {})}
     write_json({k: v for k, v in metrics.items() if v == v}, tmp / "metrics.json")
     log.finish(tmp, {k: v for k, v in metrics.items() if v == v})
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    shutil.rmtree(root, ignore_errors=True)
-    if root.parent.is_dir() and not any(root.parent.iterdir()):
-        root.parent.rmdir()
+    publish(tmp, out_dir, root)
     return metrics
 
 

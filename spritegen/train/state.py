@@ -135,6 +135,23 @@ def open_state(out_dir: Path, key: str, resume: bool, fresh: bool, say: Callable
     return root
 
 
+def staging(out_dir: Path) -> Path:
+    """An empty folder beside ``out_dir`` where a stage assembles its output before ``publish``."""
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+def publish(tmp: Path, out_dir: Path, root: Path) -> None:
+    """The finished output moved into place, then the run state ``root`` removed: the stage is done, so a
+    forced re-run starts fresh (and the state folder goes when it held nothing else)."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    shutil.rmtree(root, ignore_errors=True)
+    if root.parent.is_dir() and not any(root.parent.iterdir()):
+        root.parent.rmdir()
+
+
 # --- params shown and compared ---------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@ encoder is frozen (every family conditions on the shared text stage, spritegen/t
 
     table = PromptTable(encoder, data.prompts, cache=True)     # frozen encoder: states computed now
     states, mask, empty_states, empty_mask = table.lookup(encoder, batch.prompt)
+    pooled = pooled_prompts(encoder, data.prompts)             # (P, D): a conditional family's text input
 
 On the GPU the frozen encoder used to run on every step (about a third of a U-Net step there); now a
 step gathers rows. The last row is the empty prompt, classifier-free guidance's unconditional input.
@@ -39,3 +40,15 @@ class PromptTable:
         rows = torch.cat([prompt, prompt.new_full((1,), self.empty)])
         states = encoder.states(self.ids[rows], self.mask[rows])
         return states[:-1], self.mask[prompt], states[-1:], self.mask[empty]
+
+
+@torch.no_grad()
+def pooled_prompts(text: TextEncoder, prompts: list[str], batch_size: int = 256) -> torch.Tensor:
+    """(P, D) masked-mean token states of every prompt, computed once (the text encoder is frozen): the
+    cvae's and the gan's text input."""
+    device = next(text.parameters()).device
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        tok = text.tokenize(prompts[i : i + batch_size], device)
+        out.append(TextEncoder.pool(text.states(tok["input_ids"], tok["attention_mask"]), tok["attention_mask"]))
+    return torch.cat(out)

@@ -1,4 +1,5 @@
-"""The categorical attributes the conditional VAE conditions on (seed 004's ``CategoryEmbedder``).
+"""The categorical attributes the conditional families condition on (seed 004's ``CategoryEmbedder``;
+the cvae and the gan read them).
 
 Every attribute is a small vocabulary whose index 0 is "unknown": an attribute that is unknown for a
 sprite (or not named by a prompt) is "unknown", never guessed. Ids come from three places:
@@ -10,7 +11,7 @@ sprite (or not named by a prompt) is "unknown", never guessed. Ids come from thr
 * balanced sampling: :func:`balanced_weights` draws rare Type1 x PrimaryColour (x Shape) groups more often,
   the seed's balanced data set without copying sprites.
 
-    from spritegen.cvae.attributes import parse_prompt, describe
+    from spritegen.attributes import parse_prompt, describe
     describe(parse_prompt("a small legendary ice pokemon from gen 4"))
 """
 
@@ -406,3 +407,33 @@ def balanced_weights(attrs: torch.Tensor, with_shape: bool) -> torch.Tensor:
     _, group, size = torch.unique(group_keys(attrs, with_shape), return_inverse=True, return_counts=True)
     weights = 1.0 / size[group].float()  # (N,)
     return weights * (len(weights) / weights.sum())
+
+
+def prompt_attributes(prompts: list[str], device: torch.device) -> torch.Tensor:
+    """(B, A) attribute ids parsed from the prompts (an empty prompt is an error naming it)."""
+    rows = [parse_prompt(p) for p in prompts]
+    return torch.tensor([[row[k] for k in ATTRIBUTES] for row in rows], device=device)
+
+
+def drop_attributes(attrs: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
+    """Each attribute replaced by 0 ("unknown") with probability ``p``: a prompt that names only a colour
+    must be a condition the model has seen."""
+    if p <= 0:
+        return attrs
+    return torch.where(torch.rand(attrs.shape, generator=g, device=attrs.device) < p, torch.zeros_like(attrs), attrs)
+
+
+def cardinalities() -> list[int]:
+    """The vocabulary size of each attribute, in ATTRIBUTES' order (one embedding table each)."""
+    return [len(values) for values in ATTRIBUTES.values()]
+
+
+def vocabularies() -> dict[str, list[str]]:
+    """Every attribute's vocabulary, as a bundle's config.yaml records it."""
+    return {k: list(v) for k, v in ATTRIBUTES.items()}
+
+
+def check_vocabularies(meta: dict, folder) -> None:
+    """A bundle trained on other vocabularies would read every id wrongly: refuse it naming the folder."""
+    if meta.get("attributes") != vocabularies():
+        raise UserError(f"{folder}: its attribute vocabularies differ from this code's (spritegen/attributes.py); retrain it")
