@@ -12,7 +12,8 @@ from spritegen.gan.config import GANConfig
 
 def test_the_defaults_validate_and_build_32_px():
     cfg = from_dict(GANConfig, {}, "gan")
-    assert cfg.resolution == 32 and cfg.augment_policies == ("color", "translation", "cutout")
+    assert cfg.resolution == 32 and cfg.augment_policies == ("translation",)
+    assert from_dict(GANConfig, {"diffaugment": "color, translation,cutout"}, "gan").augment_policies == ("color", "translation", "cutout")
     cfg.check_resolution(32)
     with pytest.raises(ConfigError, match=r"gan\.g_channels: 4 entries build 32 px images but the data is 16 px \(give 3 entries\)"):
         cfg.check_resolution(16)
@@ -45,7 +46,7 @@ import torch  # noqa: E402
 
 from spritegen.gan.model import (  # noqa: E402
     CRITIC_TRAINS, Generator, ProjectionDiscriminator, TransformerCritic, at_resolution, critic_phase_at,
-    curriculum_resolution_at, d_loss, d_steps_at, diff_augment, discriminator_view, g_loss, g_objective,
+    attribute_loss, curriculum_resolution_at, d_loss, d_steps_at, diff_augment, discriminator_view, g_loss, g_objective,
     gradient_penalty, instance_noise_at, penalty_scale)
 
 TINY = {"z_dim": 8, "text_dim": 8, "w_dim": 16, "mapping_layers": 2, "g_channels": [16, 16, 8], "d_channels": [8, 16, 16],
@@ -142,7 +143,7 @@ class LinearD(torch.nn.Module):
         super().__init__()
         self.w = torch.nn.Parameter(w)
 
-    def forward(self, x, text):
+    def forward(self, x, text, attrs):
         return x.flatten(1) @ self.w.flatten() + 0.7
 
 
@@ -150,13 +151,13 @@ def test_gradient_penalty_against_a_linear_discriminator():
     w = torch.zeros(1, 2, 2)
     w[0, 0, 0], w[0, 1, 1] = 3.0, 4.0  # |w| = 5
     D = LinearD(w)
-    real, fake, t = torch.randn(6, 1, 2, 2), torch.randn(6, 1, 2, 2), torch.zeros(6, 1)
+    real, fake, t, a = torch.randn(6, 1, 2, 2), torch.randn(6, 1, 2, 2), torch.zeros(6, 1), torch.zeros(6, 2, dtype=torch.long)
     g = torch.Generator().manual_seed(0)
-    assert gradient_penalty(D, real, fake, t, "wgan-gp", g).item() == pytest.approx((5 - 1) ** 2)
-    assert gradient_penalty(D, real, fake, t, "r1").item() == pytest.approx(25.0)
-    assert gradient_penalty(D, real, fake, t, "none").item() == 0.0
+    assert gradient_penalty(D, real, fake, t, a, "wgan-gp", g).item() == pytest.approx((5 - 1) ** 2)
+    assert gradient_penalty(D, real, fake, t, a, "r1").item() == pytest.approx(25.0)
+    assert gradient_penalty(D, real, fake, t, a, "none").item() == 0.0
     # the penalty is a graph: d/dw (|w| - 1)^2 = 2 (|w| - 1) w / |w|
-    gradient_penalty(D, real, fake, t, "wgan-gp", g).backward()
+    gradient_penalty(D, real, fake, t, a, "wgan-gp", g).backward()
     assert torch.allclose(D.w.grad, 2 * 4 * w / 5)
     assert penalty_scale(_cfg(penalty="r1", penalty_weight=10.0, penalty_every=4)) == 20.0
     assert penalty_scale(_cfg(penalty="wgan-gp", penalty_weight=10.0, penalty_every=1)) == 10.0
@@ -168,19 +169,57 @@ def test_gradient_penalty_against_a_linear_discriminator():
 def _nets(**values):
     torch.manual_seed(0)
     cfg = _cfg(**values)
-    return cfg, Generator(cfg, 16, 12), ProjectionDiscriminator(cfg, 16, 12)
+    return cfg, Generator(cfg, 16, 12, CARD), ProjectionDiscriminator(cfg, 16, 12, CARD)
+
+
+CARD = [3, 4]  # two small attribute vocabularies (index 0: unknown)
+
+
+def _attrs(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randint(0, k, (n,), generator=g) for k in CARD], 1)
 
 
 def test_shapes_range_and_the_seed_init():
     cfg, G, D = _nets(nca=True, critic=True)
-    z, t = torch.randn(5, 8), torch.randn(5, 12)
-    x, alive = G.forward_alive(z, t, torch.Generator().manual_seed(0))
+    z, t, a = torch.randn(5, 8), torch.randn(5, 12), _attrs(5)
+    x, alive = G.forward_alive(z, t, a, torch.Generator().manual_seed(0))
     assert x.shape == (5, 3, 16, 16) and x.abs().max() <= 1 and 0 <= alive.item() <= 1
-    assert D(x, t).shape == (5,) and TransformerCritic(cfg, 16, 12)(x, t).shape == (5,)
+    assert D(x, t, a).shape == (5,) and TransformerCritic(cfg, 16, 12, CARD)(x, t, a).shape == (5,)
     conv = G.blocks[1].conv1
     fan_in = conv.weight[0].numel()
     assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (1 + 0.2**2)) / math.sqrt(fan_in), rel=0.15)  # Kaiming, a = 0.2
     assert G.nca.update_out.weight.abs().sum() == 0  # the NCA starts as the identity
+
+
+def test_the_auxiliary_classifier_loss_ignores_unknown_ids_and_reaches_the_generator():
+    import torch.nn.functional as F
+
+    logits = [torch.tensor([[0.0, 2.0, 0.0], [0.0, 0.0, 1.0]]), torch.tensor([[0.0, 1.0, 0.0, 3.0], [1.0, 0.0, 0.0, 0.0]])]
+    attrs = torch.tensor([[1, 0], [2, 3]])  # three known ids; row 0's second attribute is unknown
+    by_hand = (F.cross_entropy(logits[0], torch.tensor([1, 2]), reduction="sum") + F.cross_entropy(logits[1][1:], torch.tensor([3]))) / 3
+    assert attribute_loss(logits, attrs).item() == pytest.approx(by_hand.item())
+    assert attribute_loss(logits, torch.zeros_like(attrs)).item() == 0.0  # nothing known: no target
+    cfg, G, D = _nets()
+    D.eval()
+    z, t, a = torch.randn(4, 8), torch.randn(4, 12), torch.tensor([[1, 1], [2, 3], [1, 2], [2, 1]])
+    off, terms_off = g_objective(D, None, G(z, t, a), t, a, "nonsaturating", 0.0, aux_weight=0.0)
+    on, terms_on = g_objective(D, None, G(z, t, a), t, a, "nonsaturating", 0.0, aux_weight=2.0)
+    assert "g_aux" not in terms_off and on.item() == pytest.approx((off + 2.0 * terms_on["g_aux"]).item())
+    (grad,) = torch.autograd.grad(terms_on["g_aux"], G.to_rgb.weight)
+    assert grad.abs().sum() > 0  # the classifier's verdict on the fakes trains the generator
+
+
+def test_the_mapped_start_places_the_coarse_layout_by_noise_and_condition():
+    """g_start mapped: the 4x4 input is a map of w, so two noises differ already there; constant: one input."""
+    t, a = torch.randn(1, 12).expand(2, -1), _attrs(1).expand(2, -1)
+    z = torch.randn(2, 8)
+    for start, differs in (("mapped", True), ("constant", False)):
+        _, G, _ = _nets(g_start=start)
+        w = G.style(z, t, a)
+        x0 = G.start(w).view(2, -1, 4, 4) if start == "mapped" else G.start.expand(2, -1, -1, -1)
+        assert bool((x0[0] - x0[1]).abs().max() > 1e-3) is differs
+        assert G(z, t, a).shape == (2, 3, 16, 16)
 
 
 def test_minibatch_std_sees_identical_samples_and_takes_any_batch_size():
@@ -196,14 +235,17 @@ def test_minibatch_std_sees_identical_samples_and_takes_any_batch_size():
     assert D.final.in_channels == 16
 
 
-def test_the_projection_discriminator_reads_the_prompt():
+def test_the_projection_discriminator_reads_the_prompt_and_its_attributes():
     _, _, D = _nets()
     D.eval()
     x = torch.randn(2, 3, 16, 16)
     t = torch.randn(2, 12)
+    a = torch.tensor([[1, 2], [2, 3]])
     phi = D.features(x)
-    assert torch.allclose(D(x, t), D.psi(phi).squeeze(1) + (D.embed(t) * phi).sum(1))
-    assert not torch.allclose(D(x, t), D(x, t.flip(0)))
+    y = D.embed(t) + D.attributes[0](a[:, 0]) + D.attributes[1](a[:, 1])  # V t + sum_i E_i[a_i]
+    assert torch.allclose(D(x, t, a), D.psi(phi).squeeze(1) + (y * phi).sum(1))
+    assert not torch.allclose(D(x, t, a), D(x, t.flip(0), a))
+    assert not torch.allclose(D(x, t, a), D(x, t, a.flip(0)))  # the attributes alone move the score
 
 
 def test_the_generators_output_changes_with_the_prompt():
@@ -211,26 +253,29 @@ def test_the_generators_output_changes_with_the_prompt():
     G.eval()
     z = torch.randn(1, 8).expand(2, -1)
     t = torch.randn(2, 12)
-    x = G(z, t)
+    a = _attrs(2)
+    x = G(z, t, a)
     assert (x[0] - x[1]).abs().mean() > 1e-3  # same noise, two prompts: two images
-    assert torch.equal(G(z, t), x)  # eval: deterministic (the NCA takes its expected update)
+    same_text = G(z, t[:1].expand(2, -1), torch.tensor([[1, 1], [2, 3]]))
+    assert (same_text[0] - same_text[1]).abs().mean() > 1e-3  # same noise and text, two attribute sets: two images
+    assert torch.equal(G(z, t, a), x)  # eval: deterministic (the NCA takes its expected update)
     # a row does not depend on its place in the batch (its batch size can change the last bits: the
     # bundle's generation pads every chunk to one size, see spritegen/gan/bundle.py)
-    assert torch.equal(G(z.flip(0), t.flip(0)).flip(0), x)
+    assert torch.equal(G(z.flip(0), t.flip(0), a.flip(0)).flip(0), x)
 
 
 def test_in_the_isolated_phase_no_gradient_reaches_the_generator_from_the_critic():
     cfg, G, D = _nets(critic=True, critic_isolated_epochs=2, critic_isolation_epochs=1, critic_ramp_epochs=2, critic_weight=1.0)
-    critic_a, critic_b = TransformerCritic(cfg, 16, 12), TransformerCritic(cfg, 16, 12)
+    critic_a, critic_b = TransformerCritic(cfg, 16, 12, CARD), TransformerCritic(cfg, 16, 12, CARD)
     with torch.no_grad():
         for p in critic_b.parameters():
             p.add_(torch.randn_like(p))
     D.eval()
-    z, t = torch.randn(4, 8), torch.randn(4, 12)
+    z, t, a = torch.randn(4, 8), torch.randn(4, 12), _attrs(4)
 
     def grads(critic, epoch):
         phase, weight = critic_phase_at(cfg, epoch)
-        loss, terms = g_objective(D, critic, G(z, t), t, "nonsaturating", weight)
+        loss, terms = g_objective(D, critic, G(z, t, a), t, a, "nonsaturating", weight)
         through_critic = torch.autograd.grad(loss, list(critic.parameters()), retain_graph=True, allow_unused=True)
         g_grads = torch.autograd.grad(loss, list(G.parameters()))
         return phase, through_critic, g_grads, terms
@@ -451,7 +496,7 @@ def test_every_option_trains_and_a_persistent_collapse_stops_the_run(workdir, tm
     assert [float(r["sched/resolution"]) for r in rows] == [4.0, 4.0, 8.0, 8.0]
     assert rows[0]["train/g_critic"] == "" and rows[3]["train/g_critic"] != ""  # the critic reaches G only once ramping
     assert 0 <= float(rows[-1]["nca/alive_ratio"]) <= 1
-    params({"epochs": 5, "collapse_min_unique_share": 1.0, "collapse_patience": 2})
+    params({"epochs": 5, "collapse_min_spread": 1000.0, "collapse_patience": 2})  # a spread 1000x the real sprites'
     assert cli(base + ["--out", "stop/gan"]) == 0
     metrics = json.loads((tmp_path / "stop/gan/metrics.json").read_text())
     assert metrics["stopped_on_collapse"] == 1.0 and metrics["epochs"] == 2.0 and metrics["collapse/healthy"] == 0.0

@@ -3,7 +3,7 @@
     models/gan/
       model.safetensors   generator.* (mapping, synthesis, NCA) and text.* (the frozen shared text encoder)
       tokenizer/          the text stage's tokenizer
-      config.yaml         family: gan, the gan params, resolution, text model
+      config.yaml         family: gan, the gan params, resolution, the attribute vocabularies, text model
 
     gen = GANGenerator.load("models/gan", device="cpu", temperature=1.0)
     images = gen.generate(["a small red fire type pokemon"], seeds=[0])    # (1, 3, R, R) uint8
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from spritegen.attributes import cardinalities, check_vocabularies, prompt_attributes, vocabularies
 from spritegen.checkpoint import load_config, load_into, load_tensors, save_checkpoint
 from spritegen.config import ConfigError, from_dict, to_dict
 from spritegen.errors import UserError
@@ -32,15 +33,15 @@ from spritegen.text.encoder import TextEncoder, build_text_encoder, save_tokeniz
 
 def save_bundle(folder: Path, generator: Generator, text: TextEncoder, extra: dict) -> Path:
     config = {"family": "gan", "gan": to_dict(generator.cfg), "resolution": generator.resolution,
-              "text_model": text_config_dict(text), **extra}
+              "text_model": text_config_dict(text), "attributes": vocabularies(), **extra}
     save_checkpoint(folder, {"generator": generator, "text": text.model}, config)
     save_tokenizer(text, folder)
     return Path(folder)
 
 
 def load_bundle(folder: str | Path) -> tuple[Generator, TextEncoder, dict]:
-    """The generator and its text encoder under the bundle's own config; a folder of another family is
-    refused naming both families."""
+    """The generator and its text encoder under the bundle's own config. A folder of another family, or one
+    whose attribute vocabularies differ from this code's, is refused with what differs."""
     folder = Path(folder)
     if not (folder / "model.safetensors").exists():
         raise UserError(f"{folder} holds no checkpoint (model.safetensors): train the gan family first (dvc repro gan)")
@@ -48,6 +49,7 @@ def load_bundle(folder: str | Path) -> tuple[Generator, TextEncoder, dict]:
     family = meta.get("family", "ldm" if "vae" in meta or "unet" in meta else "unknown")
     if family != "gan":
         raise UserError(f"{folder} holds a {family!r} model, not a 'gan' one: load it as the {family} family")
+    check_vocabularies(meta, folder)
     try:
         cfg = from_dict(GANConfig, meta["gan"], "gan")
     except ConfigError as e:
@@ -55,7 +57,7 @@ def load_bundle(folder: str | Path) -> tuple[Generator, TextEncoder, dict]:
     flat = load_tensors(folder / "model.safetensors")
     text = build_text_encoder(meta["text_model"], folder)
     load_into(text.model, flat, "text", folder)
-    generator = Generator(cfg, int(meta["resolution"]), text.dim)
+    generator = Generator(cfg, int(meta["resolution"]), text.dim, cardinalities())
     load_into(generator, flat, "generator", folder)
     return generator.eval(), text.eval(), meta
 
@@ -68,7 +70,8 @@ def seeded_noise(seeds: list[int], z_dim: int) -> torch.Tensor:
 @torch.no_grad()
 def generate_images(generator: Generator, text: TextEncoder, prompts: list[str], seeds: list[int], temperature: float = 1.0,
                     batch_size: int = 64) -> torch.Tensor:
-    """(N, 3, R, R) uint8: prompts[i] drawn from z = temperature x noise(seeds[i]). Every chunk is padded to
+    """(N, 3, R, R) uint8: prompts[i] (its pooled text and the attributes it names, spritegen/attributes.py)
+    drawn from z = temperature x noise(seeds[i]). Every chunk is padded to
     ``batch_size`` rows (copies of its first), so a sprite never depends on its batch."""
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
@@ -85,7 +88,7 @@ def generate_images(generator: Generator, text: TextEncoder, prompts: list[str],
         p, s = p + [p[0]] * (batch_size - n), s + [s[0]] * (batch_size - n)
         states, mask = text(p)
         z = temperature * seeded_noise(s, generator.cfg.z_dim).to(device)
-        out.append(to_uint8(generator(z, TextEncoder.pool(states, mask)).float().cpu())[:n])
+        out.append(to_uint8(generator(z, TextEncoder.pool(states, mask), prompt_attributes(p, device)).float().cpu())[:n])
     generator.train(was)
     return torch.cat(out)
 

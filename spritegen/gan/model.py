@@ -1,20 +1,26 @@
 """The text-conditioned GAN of seed 002: generator, discriminator, the optional NCA and transformer critic,
 the losses and the gradient penalty, DiffAugment, and the schedules - each a pure function of its inputs.
 
-    G = Generator(cfg, resolution=32, text_width=256)
-    x_fake = G(z, text)                                    # (B, 3, R, R) in [-1, 1]; z (B, z_dim), text (B, text_width)
-    D = ProjectionDiscriminator(cfg, 32, 256)
-    logits = D(x, text)                                    # (B,)
-    loss_d = d_loss(D(x_real, t), D(x_fake, t), "nonsaturating", label_smoothing=0.9)
-    loss_g = g_loss(D(x_fake, t), "nonsaturating")
-    gp = gradient_penalty(D, x_real, x_fake, t, "wgan-gp", g)   # unweighted
+    G = Generator(cfg, resolution=32, text_width=256, cardinalities=[19, 20, ...])
+    x_fake = G(z, text, attrs)            # (B, 3, R, R) in [-1, 1]; z (B, z_dim), text (B, text_width), attrs (B, A) ids
+    D = ProjectionDiscriminator(cfg, 32, 256, cardinalities)
+    logits = D(x, text, attrs)                             # (B,)
+    loss_d = d_loss(D(x_real, t, a), D(x_fake, t, a), "nonsaturating", label_smoothing=0.9)
+    loss_g = g_loss(D(x_fake, t, a), "nonsaturating")
+    gp = gradient_penalty(D, x_real, x_fake, t, a, "wgan-gp", g)   # unweighted
     d_steps_at(cfg, epoch); critic_phase_at(cfg, epoch) -> ("isolated", 0.0); instance_noise_at(cfg, epoch)
 
 Why the pieces look as they do:
-* generator: a mapping network turns [z, projected text] into a style w (StyleGAN's), and every synthesis
-  block is modulated by w through AdaIN; the seed's Kaiming-normal init (a = 0.2) on its convolutions;
-* discriminator: a projection discriminator (Miyato & Koyama 2018). The text embedding enters as an inner
-  product with D's pooled features, ``D(x, t) = psi(phi(x)) + <V t, phi(x)>``: the condition is a term of
+* condition: the pooled prompt of the shared text stage and the prompt's attributes (spritegen/attributes.py,
+  one embedding each), as the cvae family has it. The pooled states of our ~800 training prompts are nearly
+  one vector (cosine 0.995 between prompts), and a GAN conditioned on them alone drew the same silhouette
+  for every prompt (docs/gan.md); the attributes are the part of the prompt a GAN can read;
+* generator: a mapping network turns [z, projected text, attribute embeddings] into a style w (StyleGAN's),
+  and every synthesis block is modulated by w through AdaIN; the seed's Kaiming-normal init (a = 0.2) on
+  its convolutions;
+* discriminator: a projection discriminator (Miyato & Koyama 2018). The condition enters as an inner
+  product with D's pooled features, ``D(x, t, a) = psi(phi(x)) + <V t + sum_i E_i[a_i], phi(x)>`` (one
+  class embedding E_i per attribute, the paper's categorical projection): the condition is a term of
   the output that D cannot route around, where a concatenated condition is one input among many that D
   is free to ignore (and on ~800 sprites it does: real/fake is easier to learn than "matches the prompt").
   LeakyReLU 0.2 and dropout 0.3 as in the seed; no BatchNorm, so the gradient penalty's per-sample
@@ -69,20 +75,24 @@ class SynthesisBlock(nn.Module):
 
 
 class Generator(nn.Module):
-    def __init__(self, cfg: GANConfig, resolution: int, text_width: int):
+    def __init__(self, cfg: GANConfig, resolution: int, text_width: int, cardinalities: list[int]):
         super().__init__()
         cfg.check_resolution(resolution)
         self.cfg, self.resolution = cfg, resolution
-        # --- mapping network: [z / |z|, projected text] -> w
+        # --- mapping network: [z / |z|, projected text, attribute embeddings] -> w
         self.text_proj = nn.Linear(text_width, cfg.text_dim)
-        layers, width = [], cfg.z_dim + cfg.text_dim
+        self.attributes = nn.ModuleList(nn.Embedding(n, cfg.attr_dim) for n in cardinalities)
+        layers, width = [], cfg.z_dim + cfg.text_dim + cfg.attr_dim * len(cardinalities)
         for _ in range(cfg.mapping_layers):
             layers += [nn.Linear(width, cfg.w_dim), nn.LeakyReLU(LRELU)]
             width = cfg.w_dim
         self.mapping = nn.Sequential(*layers)
         # --- synthesis: a learned 4x4 start, then one 2x block per further width
         ch = cfg.g_channels
-        self.start = nn.Parameter(torch.ones(1, ch[0], 4, 4))
+        if cfg.g_start == "constant":
+            self.start = nn.Parameter(torch.ones(1, ch[0], 4, 4))
+        else:  # mapped: w -> (C, 4, 4), so the coarse layout follows the noise and the condition
+            self.start = nn.Linear(cfg.w_dim, ch[0] * 16)
         self.blocks = nn.ModuleList([SynthesisBlock(ch[0], ch[0], cfg.w_dim, upsample=False)]
                                     + [SynthesisBlock(a, b, cfg.w_dim, upsample=True) for a, b in zip(ch[:-1], ch[1:])])
         self.to_rgb = nn.Conv2d(ch[-1], 3, 1)
@@ -99,17 +109,21 @@ class Generator(nn.Module):
                 nn.init.kaiming_normal_(m.weight, a=LRELU)
                 nn.init.zeros_(m.bias)
 
-    def style(self, z: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """(B, z_dim) noise and (B, text_width) pooled prompt -> w (B, w_dim)."""
+    def style(self, z: torch.Tensor, text: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
+        """(B, z_dim) noise, (B, text_width) pooled prompt and (B, A) attribute ids -> w (B, w_dim)."""
         z = z * torch.rsqrt(z.pow(2).mean(1, keepdim=True) + 1e-8)  # pixel norm: the scale of z carries nothing
-        return self.mapping(torch.cat([z, self.text_proj(text)], 1))
+        a = [emb(attrs[:, i]) for i, emb in enumerate(self.attributes)]
+        return self.mapping(torch.cat([z, self.text_proj(text), *a], 1))
 
-    def forward_alive(self, z: torch.Tensor, text: torch.Tensor, g: torch.Generator | None = None
+    def forward_alive(self, z: torch.Tensor, text: torch.Tensor, attrs: torch.Tensor, g: torch.Generator | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The image (B, 3, R, R) in [-1, 1] and, with the NCA, the share of alive cells (else None).
         ``g`` draws the NCA's stochastic cell updates in training."""
-        w = self.style(z, text)
-        x = self.start.expand(len(z), -1, -1, -1)
+        w = self.style(z, text, attrs)
+        if isinstance(self.start, nn.Linear):
+            x = self.start(w).view(len(z), -1, 4, 4)
+        else:
+            x = self.start.expand(len(z), -1, -1, -1)
         for block in self.blocks:
             x = block(x, w)  # (B, C, r, r)
         rgb = self.to_rgb(x)  # (B, 3, R, R), before tanh
@@ -118,8 +132,8 @@ class Generator(nn.Module):
             rgb, alive = self.nca(rgb, x, w, g)
         return torch.tanh(rgb), alive
 
-    def forward(self, z: torch.Tensor, text: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
-        return self.forward_alive(z, text, g)[0]
+    def forward(self, z: torch.Tensor, text: torch.Tensor, attrs: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        return self.forward_alive(z, text, attrs, g)[0]
 
 
 class NCA(nn.Module):
@@ -180,9 +194,10 @@ class NCA(nn.Module):
 
 
 class ProjectionDiscriminator(nn.Module):
-    """D(x, t) = psi(phi(x)) + <V t, phi(x)>, phi: convolutions down to 4x4, LeakyReLU + dropout, sum-pooled."""
+    """D(x, t, a) = psi(phi(x)) + <V t + sum_i E_i[a_i], phi(x)>, phi: convolutions down to 4x4, LeakyReLU +
+    dropout, sum-pooled."""
 
-    def __init__(self, cfg: GANConfig, resolution: int, text_width: int):
+    def __init__(self, cfg: GANConfig, resolution: int, text_width: int, cardinalities: list[int]):
         super().__init__()
         cfg.check_resolution(resolution)
         ch = cfg.d_channels
@@ -193,6 +208,10 @@ class ProjectionDiscriminator(nn.Module):
         self.dropout = nn.Dropout(cfg.d_dropout)
         self.psi = nn.Linear(ch[-1], 1)
         self.embed = nn.Linear(text_width, ch[-1], bias=False)  # V: the prompt's projection
+        self.attributes = nn.ModuleList(nn.Embedding(n, ch[-1]) for n in cardinalities)  # E_i: one class embedding per attribute
+        for emb in self.attributes:  # |E_i[a]| about 1, as |V t| is: torch's N(0, 1) would make the condition ~11x the image term
+            nn.init.normal_(emb.weight, std=ch[-1] ** -0.5)
+        self.classify = nn.ModuleList(nn.Linear(ch[-1], n) for n in cardinalities)  # the auxiliary classifier (aux_weight)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         h = self.dropout(F.leaky_relu(self.from_rgb(x), LRELU))
@@ -203,9 +222,14 @@ class ProjectionDiscriminator(nn.Module):
         h = F.leaky_relu(self.final(h), LRELU)  # (B, C, 4, 4)
         return h.sum(dim=(2, 3))  # (B, C): sum pooling, as in the projection discriminator paper
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def score(self, x: torch.Tensor, text: torch.Tensor, attrs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The real/fake logit (B,) and the auxiliary classifier's logits, one (B, n_i) per attribute."""
         phi = self.features(x)
-        return self.psi(phi).squeeze(1) + (self.embed(text) * phi).sum(1)  # (B,)
+        y = self.embed(text) + sum(emb(attrs[:, i]) for i, emb in enumerate(self.attributes))  # (B, C)
+        return self.psi(phi).squeeze(1) + (y * phi).sum(1), [head(phi) for head in self.classify]
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
+        return self.score(x, text, attrs)[0]
 
 
 def minibatch_std(h: torch.Tensor, group: int) -> torch.Tensor:
@@ -220,9 +244,10 @@ def minibatch_std(h: torch.Tensor, group: int) -> torch.Tensor:
 
 
 class TransformerCritic(nn.Module):
-    """A small ViT over patches with the prompt as an extra first token; the score is read from that token."""
+    """A small ViT over patches with the condition (the prompt plus its attributes' embeddings) as an extra
+    first token; the score is read from that token."""
 
-    def __init__(self, cfg: GANConfig, resolution: int, text_width: int):
+    def __init__(self, cfg: GANConfig, resolution: int, text_width: int, cardinalities: list[int]):
         super().__init__()
         from spritegen.config import ConfigError
 
@@ -234,15 +259,19 @@ class TransformerCritic(nn.Module):
         n = (resolution // p) ** 2
         self.patch = nn.Conv2d(3, d, p, stride=p)
         self.text = nn.Linear(text_width, d)
+        self.attributes = nn.ModuleList(nn.Embedding(n, d) for n in cardinalities)
+        for emb in self.attributes:
+            nn.init.normal_(emb.weight, std=d ** -0.5)
         self.pos = nn.Parameter(torch.randn(1, n + 1, d) * 0.02)
         layer = nn.TransformerEncoderLayer(d, cfg.critic_heads, 2 * d, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, cfg.critic_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, 1)
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, text: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
         tokens = self.patch(x).flatten(2).transpose(1, 2)  # (B, n, d)
-        h = self.blocks(torch.cat([self.text(text)[:, None], tokens], 1) + self.pos)
+        cond = self.text(text) + sum(emb(attrs[:, i]) for i, emb in enumerate(self.attributes))  # (B, d)
+        h = self.blocks(torch.cat([cond[:, None], tokens], 1) + self.pos)
         return self.head(self.norm(h[:, 0])).squeeze(1)  # (B,)
 
 
@@ -274,7 +303,7 @@ def g_loss(fake: torch.Tensor, kind: str) -> torch.Tensor:
     raise ValueError(f"unknown GAN loss {kind!r}")
 
 
-def gradient_penalty(D, real: torch.Tensor, fake: torch.Tensor, text: torch.Tensor, kind: str,
+def gradient_penalty(D, real: torch.Tensor, fake: torch.Tensor, text: torch.Tensor, attrs: torch.Tensor, kind: str,
                      g: torch.Generator | None = None) -> torch.Tensor:
     """The unweighted penalty on D's input gradient (a graph to backpropagate through).
 
@@ -290,7 +319,7 @@ def gradient_penalty(D, real: torch.Tensor, fake: torch.Tensor, text: torch.Tens
     else:
         raise ValueError(f"unknown gradient penalty {kind!r}")
     x.requires_grad_(True)
-    (grad,) = torch.autograd.grad(D(x, text).sum(), x, create_graph=True)
+    (grad,) = torch.autograd.grad(D(x, text, attrs).sum(), x, create_graph=True)
     norm2 = grad.flatten(1).pow(2).sum(1)  # (B,)
     if kind == "r1":
         return norm2.mean()
@@ -303,15 +332,29 @@ def penalty_scale(cfg: GANConfig) -> float:
     return cfg.penalty_weight * (0.5 if cfg.penalty == "r1" else 1.0) * cfg.penalty_every
 
 
-def g_objective(D, critic, x_fake: torch.Tensor, text: torch.Tensor, kind: str, critic_weight: float
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def attribute_loss(class_logits: list[torch.Tensor], attrs: torch.Tensor) -> torch.Tensor:
+    """The auxiliary classifier's cross-entropy against attribute ids (B, A), averaged over every known id
+    (0, "unknown", is no target); 0 when nothing is known."""
+    total, known = attrs.new_zeros((), dtype=torch.float32), (attrs > 0).sum()
+    for i, logits in enumerate(class_logits):
+        total = total + F.cross_entropy(logits.float(), attrs[:, i], ignore_index=0, reduction="sum")
+    return total / known.clamp(min=1)
+
+
+def g_objective(D, critic, x_fake: torch.Tensor, text: torch.Tensor, attrs: torch.Tensor, kind: str, critic_weight: float,
+                aux_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The generator's loss on D's (and the critic's) view of its images. With ``critic_weight`` 0 (the
     isolated and isolation phases) the critic is not called: no path from it to the generator exists."""
-    adv = g_loss(D(x_fake, text).float(), kind)
+    logits, classes = D.score(x_fake, text, attrs)
+    adv = g_loss(logits.float(), kind)
+    loss, terms = adv, {"g_adv": adv}
+    if aux_weight > 0:  # AC-GAN: the fakes must be classified as the attributes they were asked for
+        terms["g_aux"] = attribute_loss(classes, attrs)
+        loss = loss + aux_weight * terms["g_aux"]
     if critic is None or critic_weight <= 0:
-        return adv, {"g_adv": adv}
-    crit = g_loss(critic(x_fake, text).float(), kind)
-    return adv + critic_weight * crit, {"g_adv": adv, "g_critic": crit}
+        return loss, terms
+    terms["g_critic"] = g_loss(critic(x_fake, text, attrs).float(), kind)
+    return loss + critic_weight * terms["g_critic"], terms
 
 
 # --- what the discriminator sees: curriculum, DiffAugment, instance noise ---------------------------------

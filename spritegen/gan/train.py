@@ -23,15 +23,16 @@ from pathlib import Path
 
 import torch
 
+from spritegen.attributes import attribute_matrix, cardinalities, drop_attributes, measure_shapes, prompt_attributes
 from spritegen.checkpoint import flatten_state, load_into, load_tensors
 from spritegen.collapse import FEATURE_INDICATORS, PIXEL_RUBRIC, pixel_statistics
 from spritegen.data.dataset import load_split
 from spritegen.errors import UserError
 from spritegen.gan.bundle import generate_images, save_bundle
 from spritegen.gan.config import GANConfig
-from spritegen.gan.model import (CRITIC_TRAINS, Generator, ProjectionDiscriminator, TransformerCritic, count_parameters,
-                                 critic_phase_at, curriculum_resolution_at, d_loss, d_steps_at, discriminator_view,
-                                 g_objective, gradient_penalty, instance_noise_at, penalty_scale)
+from spritegen.gan.model import (CRITIC_TRAINS, Generator, ProjectionDiscriminator, TransformerCritic, attribute_loss,
+                                 count_parameters, critic_phase_at, curriculum_resolution_at, d_loss, d_steps_at,
+                                 discriminator_view, g_objective, gradient_penalty, instance_noise_at, penalty_scale)
 from spritegen.gan.monitor import collapse_row, collapse_warnings
 from spritegen.io import save_grid, write_json
 from spritegen.runtime import derive_seed
@@ -42,7 +43,8 @@ from spritegen.train.log import Means, TrainLog, memory
 from spritegen.train.optim import adamw, guarded_step, load_opt_state, opt_state
 from spritegen.train.runtime import Runtime, start
 from spritegen.train.state import (check_resume_params, code_files, current, fingerprint, load_run_state, open_state,
-                                   save_run_state, write_atomic)
+                                   publish, save_run_state, staging, write_atomic)
+from spritegen.train.text import pooled_prompts
 
 SECTIONS = ("train", "gan")
 PARAMS = ("train", "gan")  # what the stage reads: dvc.yaml lists the same, tests/test_stage_params.py checks both
@@ -83,14 +85,15 @@ def train_gan(cfgs: dict, data_dir: Path, out_dir: Path, text_dir: Path = Path("
     cfg.check_resolution(R)  # a width list that does not build the data's size: an error before any compute
     text = load_text_encoder(text_dir).to(dev).requires_grad_(False)
     rt.seed_global("init", "gan", per_rank=False)
-    G = rt.prepare(Generator(cfg, R, text.dim))
-    D = rt.prepare(ProjectionDiscriminator(cfg, R, text.dim))
-    C = rt.prepare(TransformerCritic(cfg, R, text.dim)) if cfg.critic else None
+    G = rt.prepare(Generator(cfg, R, text.dim, cardinalities()))
+    D = rt.prepare(ProjectionDiscriminator(cfg, R, text.dim, cardinalities()))
+    C = rt.prepare(TransformerCritic(cfg, R, text.dim, cardinalities())) if cfg.critic else None
     nets = {"generator": G, "discriminator": D, **({"critic": C} if C is not None else {})}
     data = SpriteBatches(train, dev)
     pool = data.pool()
     pooled = pooled_prompts(text, data.prompts)  # (P, D): the frozen encoder runs once per prompt
-    monitor = monitor_batch(data, pooled, cfg, run.seed, dev)
+    attrs = attribute_matrix(train.records, measure_shapes(train.images)).to(dev)  # (N, A) each sprite's true attributes
+    monitor = monitor_batch(data, pooled, data.prompts, cfg, run.seed, dev)
 
     # ---- one optimiser and one step guard per network: the generator's has a group for the NCA (its own rate)
     nca = list(G.nca.parameters()) if G.nca is not None else []
@@ -143,21 +146,26 @@ def train_gan(cfgs: dict, data_dir: Path, out_dir: Path, text_dir: Path = Path("
                 sigma, (phase, critic_w) = instance_noise_at(cfg, e + b / spe), critic_phase_at(cfg, e + b / spe)
                 x_real = data.images(batch, run.augment, g)  # (B, 3, R, R)
                 t = pooled[batch.prompt]  # (B, text_width)
+                a = drop_attributes(attrs[batch.idx], cfg.attribute_dropout, g)  # (B, A): the same condition for real and fake
                 n = len(batch)
                 # ---- discriminator step: real vs a fresh fake batch, both as D sees them
                 z = torch.randn((n, cfg.z_dim), generator=g, device=dev)
                 with torch.no_grad(), rt.autocast():
-                    x_fake = G(z, t, g).float()
+                    x_fake = G(z, t, a, g).float()
                 real_v = discriminator_view(x_real, cfg, res, sigma, True, g)
                 fake_v = discriminator_view(x_fake, cfg, res, sigma, False, g)
                 with rt.autocast():
-                    real_logits, fake_logits = D(real_v, t).float(), D(fake_v, t).float()
+                    (real_logits, real_classes), fake_logits = D.score(real_v, t, a), D(fake_v, t, a).float()
+                real_logits = real_logits.float()
                 loss_d = d_loss(real_logits, fake_logits, cfg.loss, cfg.label_smoothing)
                 terms = {"loss_d": loss_d, "d_real": real_logits.mean(), "d_fake": fake_logits.mean(),
                          "acc_real": (real_logits > 0).float().mean(), "acc_fake": (fake_logits < 0).float().mean()}
                 total = loss_d
+                if cfg.aux_weight > 0:  # AC-GAN: D learns each attribute from the reals only
+                    terms["d_aux"] = attribute_loss(real_classes, a)
+                    total = total + cfg.aux_weight * terms["d_aux"]
                 if cfg.penalty != "none" and step % cfg.penalty_every == 0:  # lazy regularisation
-                    terms["penalty"] = gradient_penalty(D, real_v, fake_v, t, cfg.penalty, g)
+                    terms["penalty"] = gradient_penalty(D, real_v, fake_v, t, a, cfg.penalty, g)
                     total = loss_d + penalty_scale(cfg) * terms["penalty"]
                 bad, norms = guarded_step(opts["discriminator"], total, guards["discriminator"])
                 means["d"].add({**terms, "grad_norm_d": norms["d"]}, ~bad)
@@ -165,7 +173,7 @@ def train_gan(cfgs: dict, data_dir: Path, out_dir: Path, text_dir: Path = Path("
                 # ---- critic step: trains in its isolated, ramp and integrated phases; frozen in isolation
                 if C is not None:
                     with torch.set_grad_enabled(CRITIC_TRAINS[phase]), rt.autocast():
-                        c_real, c_fake = C(real_v, t).float(), C(fake_v, t).float()
+                        c_real, c_fake = C(real_v, t, a).float(), C(fake_v, t, a).float()
                     c_terms = {"loss_critic": d_loss(c_real, c_fake, cfg.loss, cfg.label_smoothing),
                                "critic_acc_real": (c_real > 0).float().mean(), "critic_acc_fake": (c_fake < 0).float().mean()}
                     keep = torch.ones((), dtype=torch.bool, device=dev)
@@ -180,14 +188,15 @@ def train_gan(cfgs: dict, data_dir: Path, out_dir: Path, text_dir: Path = Path("
                         if m is not None:
                             m.requires_grad_(False)
                     with rt.autocast():
-                        x_fake = G(z, t, g).float()
-                        loss_g, g_terms = g_objective(D, C, discriminator_view(x_fake, cfg, res, sigma, False, g), t,
-                                                      cfg.loss, critic_w)
+                        x_fake = G(z, t, a, g).float()
+                        loss_g, g_terms = g_objective(D, C, discriminator_view(x_fake, cfg, res, sigma, False, g), t, a,
+                                                      cfg.loss, critic_w, cfg.aux_weight)
                     bad_g, norms_g = guarded_step(opts["generator"], loss_g, guards["generator"])
                     for m in (D, C):
                         if m is not None:
                             m.requires_grad_(True)
-                    means["g"].add({"loss_g": loss_g, "g_adv": g_terms["g_adv"], **{f"grad_norm_{k_}": v for k_, v in norms_g.items()}}, ~bad_g)
+                    means["g"].add({"loss_g": loss_g, **{k_: v for k_, v in g_terms.items() if k_ != "g_critic"},
+                                    **{f"grad_norm_{k_}": v for k_, v in norms_g.items()}}, ~bad_g)
                     if "g_critic" in g_terms:  # only while the critic reaches the generator (ramp, integrated)
                         means["g_critic"].add({"g_critic": g_terms["g_critic"]}, ~bad_g)
                 step += 1
@@ -248,23 +257,13 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-@torch.no_grad()
-def pooled_prompts(text: TextEncoder, prompts: list[str], batch_size: int = 256) -> torch.Tensor:
-    """(P, D) masked-mean token states of every prompt, computed once (the text encoder is frozen)."""
-    device = next(text.parameters()).device
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        tok = text.tokenize(prompts[i : i + batch_size], device)
-        out.append(TextEncoder.pool(text.states(tok["input_ids"], tok["attention_mask"]), tok["attention_mask"]))
-    return torch.cat(out)
-
-
 # --- the collapse monitor's fixed batch ----------------------------------------------------------------------
 
 
-def monitor_batch(data, pooled: torch.Tensor, cfg: GANConfig, seed: int, device: torch.device) -> dict:
-    """``monitor_size`` fixed training sprites with one fixed prompt each, fixed noise, and the sprites'
-    pixel statistics (the rubric's real reference, at the same count)."""
+def monitor_batch(data, pooled: torch.Tensor, prompts: list[str], cfg: GANConfig, seed: int, device: torch.device) -> dict:
+    """``monitor_size`` fixed training sprites with one fixed prompt each (its pooled text and the attributes
+    it names, as generation reads a prompt), fixed noise, and the sprites' pixel statistics (the rubric's
+    real reference, at the same count)."""
     n = min(cfg.monitor_size, len(data))
     g = torch.Generator().manual_seed(derive_seed(seed, "gan", "monitor"))
     idx = torch.randperm(len(data), generator=g)[:n]
@@ -274,6 +273,7 @@ def monitor_batch(data, pooled: torch.Tensor, cfg: GANConfig, seed: int, device:
     prompt = pool.ids.cpu()[idx, pick]
     real = data.images_u8[idx.to(data.device)]  # (n, 3, R, R) uint8
     return {"z": torch.randn((n, cfg.z_dim), generator=g).to(device), "text": pooled[prompt.to(pooled.device)],
+            "attrs": prompt_attributes([prompts[i] for i in prompt.tolist()], device),
             "real": real.float() / 127.5 - 1, "reference": pixel_statistics(real.cpu().numpy())}
 
 
@@ -285,12 +285,12 @@ def measure_collapse(G: Generator, D: ProjectionDiscriminator, monitor: dict) ->
     was_g, was_d = G.training, D.training
     G.eval()
     D.eval()
-    x, alive = G.forward_alive(monitor["z"], monitor["text"])
+    x, alive = G.forward_alive(monitor["z"], monitor["text"], monitor["attrs"])
     row = collapse_row(x, monitor["reference"])
     if alive is not None:
         row["nca/alive_ratio"] = float(alive)
-    row["collapse/d_acc_real"] = float((D(monitor["real"], monitor["text"]) > 0).float().mean())
-    row["collapse/d_acc_fake"] = float((D(x, monitor["text"]) < 0).float().mean())
+    row["collapse/d_acc_real"] = float((D(monitor["real"], monitor["text"], monitor["attrs"]) > 0).float().mean())
+    row["collapse/d_acc_fake"] = float((D(x, monitor["text"], monitor["attrs"]) < 0).float().mean())
     G.train(was_g)
     D.train(was_d)
     return row
@@ -321,11 +321,10 @@ def write_output(G: Generator, text: TextEncoder, out_dir: Path, root: Path, cfg
     the collapse report, history.csv and curves.png; made in a temporary folder, then moved into place.
     Then the run state is removed, so a forced re-run starts fresh."""
     extra = {"params": params, "run": rt.settings(), "text_source": "models/text"}
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging(out_dir)
     save_bundle(tmp, G, text, extra)
     for kept in sorted(p.name.removesuffix(".json") for p in root.glob("*.json") if p.name.startswith(("best", "epoch_"))):
-        other = Generator(cfg, G.resolution, text.dim).to(rt.device)
+        other = Generator(cfg, G.resolution, text.dim, cardinalities()).to(rt.device)
         load_into(other, load_tensors(current(root, kept) / "model.safetensors"), "generator", root / kept)
         save_bundle(tmp / kept, other, text, extra)
     if (root / "samples").is_dir():
@@ -342,9 +341,5 @@ def write_output(G: Generator, text: TextEncoder, out_dir: Path, root: Path, cfg
                 "reference": monitor["reference"]}, tmp / "collapse.json")
     write_json({k: v for k, v in metrics.items() if v == v}, tmp / "metrics.json")
     log.finish(tmp, {k: v for k, v in metrics.items() if v == v})
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    shutil.rmtree(root, ignore_errors=True)
-    if root.parent.is_dir() and not any(root.parent.iterdir()):
-        root.parent.rmdir()
+    publish(tmp, out_dir, root)
     return metrics
