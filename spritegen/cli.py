@@ -110,6 +110,10 @@ def _data_commands(sub) -> None:
     p.set_defaults(run=_dispatch("spritegen.data.prepare:main"))
 
 
+RESUMABLE = ("An interrupted run (killed, --stop-after) continues when the same command runs again with the same "
+             "params, code and inputs; its result equals an uninterrupted run's.")
+
+
 def _train_commands(sub) -> None:
     """The training stages, one subcommand per family."""
     train = sub.add_parser("train", help="stage: train the text encoder or a generator family").add_subparsers(dest="family", required=True)
@@ -120,9 +124,7 @@ def _train_commands(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the resolved params and stop")
     p.set_defaults(run=_dispatch("spritegen.text.train:main"))
 
-    p = train.add_parser("ldm", help="latent diffusion: VAE, U-Net, fine-tune",
-                         description="An interrupted run (killed, --stop-after) continues when the same command runs again "
-                                     "with the same params, code and inputs; its result equals an uninterrupted run's.")
+    p = train.add_parser("ldm", help="latent diffusion: VAE, U-Net, fine-tune", description=RESUMABLE)
     _params_args(p)
     p.add_argument("--stage", required=True, choices=["vae", "unet", "finetune"])
     p.add_argument("--data", type=Path, default=Path("data/prepared"))
@@ -131,25 +133,16 @@ def _train_commands(sub) -> None:
     _run_state_args(p)
     p.set_defaults(run=_dispatch("spritegen.ldm.train:main"))
 
-    p = train.add_parser("cvae", help="the conditional VAE of seed 004 (docs/cvae.md)",
-                         description="An interrupted run (killed, --stop-after) continues when the same command runs again "
-                                     "with the same params, code and inputs; its result equals an uninterrupted run's.")
-    _params_args(p)
-    p.add_argument("--data", type=Path, default=Path("data/prepared"))
-    p.add_argument("--text", type=Path, default=Path("models/text"), help="the text stage's output (frozen, read by the condition)")
-    p.add_argument("--out", type=Path, default=Path("models/cvae"))
-    _run_state_args(p)
-    p.set_defaults(run=_dispatch("spritegen.cvae.train:main"))
-
-    p = train.add_parser("gan", help="the text-conditioned GAN of seed 002 with its mode-collapse fixes (docs/gan.md)",
-                         description="An interrupted run (killed, --stop-after) continues when the same command runs again "
-                                     "with the same params, code and inputs; its result equals an uninterrupted run's.")
-    _params_args(p)
-    p.add_argument("--data", type=Path, default=Path("data/prepared"))
-    p.add_argument("--text", type=Path, default=Path("models/text"), help="the text stage's output (frozen, read by the condition)")
-    p.add_argument("--out", type=Path, default=Path("models/gan"))
-    _run_state_args(p)
-    p.set_defaults(run=_dispatch("spritegen.gan.train:main"))
+    # the conditional families: one frozen text stage, one output folder, the same resumable-run flags
+    for family, help_text in (("cvae", "the conditional VAE of seed 004 (docs/cvae.md)"),
+                              ("gan", "the text-conditioned GAN of seed 002 with its mode-collapse fixes (docs/gan.md)")):
+        p = train.add_parser(family, help=help_text, description=RESUMABLE)
+        _params_args(p)
+        p.add_argument("--data", type=Path, default=Path("data/prepared"))
+        p.add_argument("--text", type=Path, default=Path("models/text"), help="the text stage's output (frozen, read by the condition)")
+        p.add_argument("--out", type=Path, default=Path(f"models/{family}"))
+        _run_state_args(p)
+        p.set_defaults(run=_dispatch(f"spritegen.{family}.train:main"))
 
 
 def _sampling_commands(sub) -> None:

@@ -20,46 +20,26 @@ from pathlib import Path
 
 import torch
 
-from spritegen.attributes import cardinalities, check_vocabularies, prompt_attributes, vocabularies
-from spritegen.checkpoint import load_config, load_into, load_tensors, save_checkpoint
-from spritegen.config import ConfigError, from_dict, to_dict
+from spritegen import conditional
+from spritegen.attributes import cardinalities, prompt_attributes
+from spritegen.checkpoint import load_into
 from spritegen.cvae.config import CVAEConfig
 from spritegen.cvae.model import CVAE
-from spritegen.errors import UserError
 from spritegen.io import to_uint8
 from spritegen.runtime import pick_device
-from spritegen.text.encoder import TextEncoder, build_text_encoder, save_tokenizer, text_config_dict
+from spritegen.text.encoder import TextEncoder
 
 
 def save_bundle(folder: Path, model: CVAE, text: TextEncoder, extra: dict) -> Path:
-    config = {"family": "cvae", "cvae": to_dict(model.cfg), "resolution": model.resolution,
-              "text_model": text_config_dict(text), "attributes": vocabularies(), **extra}
-    save_checkpoint(folder, {"cvae": model, "text": text.model}, config)
-    save_tokenizer(text, folder)
-    return Path(folder)
+    return conditional.save_bundle(folder, "cvae", {"cvae": model}, model.cfg, model.resolution, text, extra)
 
 
 def load_bundle(folder: str | Path) -> tuple[CVAE, TextEncoder, dict]:
-    """The CVAE and its text encoder under the bundle's own config. A folder of another family, or one
-    whose attribute vocabularies differ from this code's, is refused with what differs."""
-    folder = Path(folder)
-    if not (folder / "model.safetensors").exists():
-        raise UserError(f"{folder} holds no checkpoint (model.safetensors): train the cvae family first (dvc repro cvae)")
-    meta = load_config(folder)
-    family = meta.get("family", "ldm" if "vae" in meta or "unet" in meta else "unknown")
-    if family != "cvae":
-        raise UserError(f"{folder} holds a {family!r} model, not a 'cvae' one: load it as the {family} family")
-    check_vocabularies(meta, folder)
-    try:
-        cfg = from_dict(CVAEConfig, meta["cvae"], "cvae")
-    except ConfigError as e:
-        raise UserError(f"{folder}/config.yaml: {e}") from None
-    flat = load_tensors(folder / "model.safetensors")
-    text = build_text_encoder(meta["text_model"], folder)
-    load_into(text.model, flat, "text", folder)
+    """The CVAE and its text encoder under the bundle's own config; what is refused: spritegen/conditional.py."""
+    cfg, flat, text, meta = conditional.open_bundle(folder, "cvae", CVAEConfig)
     model = CVAE(cfg, int(meta["resolution"]), text.dim, cardinalities())
     load_into(model, flat, "cvae", folder)
-    return model.eval(), text.eval(), meta
+    return model.eval(), text, meta
 
 
 @torch.no_grad()

@@ -20,46 +20,27 @@ from pathlib import Path
 
 import torch
 
-from spritegen.attributes import cardinalities, check_vocabularies, prompt_attributes, vocabularies
-from spritegen.checkpoint import load_config, load_into, load_tensors, save_checkpoint
-from spritegen.config import ConfigError, from_dict, to_dict
+from spritegen import conditional
+from spritegen.attributes import cardinalities, prompt_attributes
+from spritegen.checkpoint import load_into
 from spritegen.errors import UserError
 from spritegen.gan.config import GANConfig
 from spritegen.gan.model import Generator
 from spritegen.io import to_uint8
 from spritegen.runtime import pick_device
-from spritegen.text.encoder import TextEncoder, build_text_encoder, save_tokenizer, text_config_dict
+from spritegen.text.encoder import TextEncoder
 
 
 def save_bundle(folder: Path, generator: Generator, text: TextEncoder, extra: dict) -> Path:
-    config = {"family": "gan", "gan": to_dict(generator.cfg), "resolution": generator.resolution,
-              "text_model": text_config_dict(text), "attributes": vocabularies(), **extra}
-    save_checkpoint(folder, {"generator": generator, "text": text.model}, config)
-    save_tokenizer(text, folder)
-    return Path(folder)
+    return conditional.save_bundle(folder, "gan", {"generator": generator}, generator.cfg, generator.resolution, text, extra)
 
 
 def load_bundle(folder: str | Path) -> tuple[Generator, TextEncoder, dict]:
-    """The generator and its text encoder under the bundle's own config. A folder of another family, or one
-    whose attribute vocabularies differ from this code's, is refused with what differs."""
-    folder = Path(folder)
-    if not (folder / "model.safetensors").exists():
-        raise UserError(f"{folder} holds no checkpoint (model.safetensors): train the gan family first (dvc repro gan)")
-    meta = load_config(folder)
-    family = meta.get("family", "ldm" if "vae" in meta or "unet" in meta else "unknown")
-    if family != "gan":
-        raise UserError(f"{folder} holds a {family!r} model, not a 'gan' one: load it as the {family} family")
-    check_vocabularies(meta, folder)
-    try:
-        cfg = from_dict(GANConfig, meta["gan"], "gan")
-    except ConfigError as e:
-        raise UserError(f"{folder}/config.yaml: {e}") from None
-    flat = load_tensors(folder / "model.safetensors")
-    text = build_text_encoder(meta["text_model"], folder)
-    load_into(text.model, flat, "text", folder)
+    """The generator and its text encoder under the bundle's own config; what is refused: spritegen/conditional.py."""
+    cfg, flat, text, meta = conditional.open_bundle(folder, "gan", GANConfig)
     generator = Generator(cfg, int(meta["resolution"]), text.dim, cardinalities())
     load_into(generator, flat, "generator", folder)
-    return generator.eval(), text.eval(), meta
+    return generator.eval(), text, meta
 
 
 def seeded_noise(seeds: list[int], z_dim: int) -> torch.Tensor:
