@@ -210,6 +210,15 @@ def test_the_auxiliary_classifier_loss_ignores_unknown_ids_and_reaches_the_gener
     assert grad.abs().sum() > 0  # the classifier's verdict on the fakes trains the generator
 
 
+def test_mode_seeking_loss_by_hand():
+    from spritegen.gan.model import mode_seeking_loss
+
+    z = torch.tensor([[0.0, 0.0], [1.0, 3.0]])  # mean |z1 - z2| = 2
+    x = torch.tensor([[[0.5]], [[-0.5]]])  # mean |x1 - x2| = 1
+    assert mode_seeking_loss(x, z, eps=0.0).item() == pytest.approx(2.0)  # 1 / (1 / 2)
+    assert mode_seeking_loss(torch.zeros(2, 1, 1), z).item() == pytest.approx(1e5)  # noise that changes nothing
+
+
 def test_the_mapped_start_places_the_coarse_layout_by_noise_and_condition():
     """g_start mapped: the 4x4 input is a map of w, so two noises differ already there; constant: one input."""
     t, a = torch.randn(1, 12).expand(2, -1), _attrs(1).expand(2, -1)
@@ -487,7 +496,7 @@ def test_every_option_trains_and_a_persistent_collapse_stops_the_run(workdir, tm
     every = {"nca": True, "nca_channels": 6, "nca_hidden": 16, "nca_steps": 3, "critic": True, "critic_width": 16,
              "critic_heads": 2, "critic_layers": 1, "critic_isolated_epochs": 1, "critic_isolation_epochs": 1,
              "critic_ramp_epochs": 1, "epochs": 4, "loss": "wgan", "penalty": "wgan-gp", "curriculum": [[0, 4], [2, 8]],
-             "instance_noise_decay_epochs": 3, "instance_noise_on": "real", "label_smoothing": 1.0}
+             "instance_noise_decay_epochs": 3, "instance_noise_on": "real", "label_smoothing": 1.0, "mode_seeking": 1.0}
     params(every)
     base = ["train", "gan", "--data", str(workdir / "data/prepared"), "--text", str(workdir / "models/text")]
     assert cli(base + ["--out", "every/gan"]) == 0

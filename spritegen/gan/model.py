@@ -341,6 +341,14 @@ def attribute_loss(class_logits: list[torch.Tensor], attrs: torch.Tensor) -> tor
     return total / known.clamp(min=1)
 
 
+def mode_seeking_loss(x: torch.Tensor, z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """MSGAN's term: rows i and i + B/2 share a condition and differ in noise; the loss is
+    1 / (mean |x_i - x_{i+B/2}| / mean |z_i - z_{i+B/2}| + eps), large when the noise moves the image little."""
+    h = len(x) // 2
+    ratio = (x[:h] - x[h : 2 * h]).abs().mean() / (z[:h] - z[h : 2 * h]).abs().mean()
+    return 1.0 / (ratio + eps)
+
+
 def g_objective(D, critic, x_fake: torch.Tensor, text: torch.Tensor, attrs: torch.Tensor, kind: str, critic_weight: float,
                 aux_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The generator's loss on D's (and the critic's) view of its images. With ``critic_weight`` 0 (the

@@ -19,6 +19,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,7 +33,8 @@ from spritegen.gan.bundle import generate_images, save_bundle
 from spritegen.gan.config import GANConfig
 from spritegen.gan.model import (CRITIC_TRAINS, Generator, ProjectionDiscriminator, TransformerCritic, attribute_loss,
                                  count_parameters, critic_phase_at, curriculum_resolution_at, d_loss, d_steps_at,
-                                 discriminator_view, g_objective, gradient_penalty, instance_noise_at, penalty_scale)
+                                 discriminator_view, g_objective, gradient_penalty, instance_noise_at, mode_seeking_loss,
+                                 penalty_scale)
 from spritegen.gan.monitor import collapse_row, collapse_warnings
 from spritegen.io import save_grid, write_json
 from spritegen.runtime import derive_seed
@@ -85,29 +87,12 @@ def train_gan(cfgs: dict, data_dir: Path, out_dir: Path, text_dir: Path = Path("
     cfg.check_resolution(R)  # a width list that does not build the data's size: an error before any compute
     text = load_text_encoder(text_dir).to(dev).requires_grad_(False)
     rt.seed_global("init", "gan", per_rank=False)
-    G = rt.prepare(Generator(cfg, R, text.dim, cardinalities()))
-    D = rt.prepare(ProjectionDiscriminator(cfg, R, text.dim, cardinalities()))
-    C = rt.prepare(TransformerCritic(cfg, R, text.dim, cardinalities())) if cfg.critic else None
-    nets = {"generator": G, "discriminator": D, **({"critic": C} if C is not None else {})}
+    nets = build_nets(cfg, run, rt, R, text.dim)
     data = SpriteBatches(train, dev)
     pool = data.pool()
     pooled = pooled_prompts(text, data.prompts)  # (P, D): the frozen encoder runs once per prompt
     attrs = attribute_matrix(train.records, measure_shapes(train.images)).to(dev)  # (N, A) each sprite's true attributes
     monitor = monitor_batch(data, pooled, data.prompts, cfg, run.seed, dev)
-
-    # ---- one optimiser and one step guard per network: the generator's has a group for the NCA (its own rate)
-    nca = list(G.nca.parameters()) if G.nca is not None else []
-    nca_ids = {id(p) for p in nca}
-    g_groups = {"g": [p for p in G.parameters() if id(p) not in nca_ids], **({"nca": nca} if nca else {})}
-    opts = {"generator": adamw(g_groups, lr={"g": cfg.lr_g, "nca": cfg.lr_nca}, clip={"g": cfg.grad_clip, "nca": cfg.grad_clip}, weight_decay=0.0),
-            "discriminator": adamw({"d": D.parameters()}, lr={"d": cfg.lr_d}, clip={"d": cfg.grad_clip}, weight_decay=0.0)}
-    if C is not None:
-        opts["critic"] = adamw({"critic": C.parameters()}, lr={"critic": cfg.lr_critic}, clip={"critic": cfg.grad_clip}, weight_decay=0.0)
-    for opt in opts.values():
-        for group in opt.param_groups:  # constant rates (the seed's); GANs' Adam betas
-            group["lr"], group["betas"] = group["peak_lr"], (cfg.beta1, cfg.beta2)
-    guards = {name: StepGuard(run.max_bad_steps, cfg.explode_factor, dev) for name in opts}  # gan.explode_factor: see its doc
-    names = {p: f"{net}.{n}" for net, m in nets.items() for n, p in m.named_parameters()}
 
     # ---- run state: an interrupted run of the same params, code and inputs continues where it stopped
     key = fingerprint(params, [Path(data_dir), Path(text_dir), *code_files()])
@@ -118,11 +103,7 @@ def train_gan(cfgs: dict, data_dir: Path, out_dir: Path, text_dir: Path = Path("
         flat, opt_flat, meta = loaded
         if resume:
             check_resume_params(meta["params"], params, allow_param_changes, _say)
-        for net, m in nets.items():
-            load_into(m, flat, net, root)
-        for name, opt in opts.items():
-            load_opt_state(opt, names, opt_flat)
-            guards[name].load(meta["guards"][name])
+        nets.load(flat, opt_flat, meta["guards"], root)
         epoch, step, history, watch = meta["epoch"], meta["step"], meta["history"], meta["watch"]
         _say(f"resuming gan at epoch {epoch} (step {step}) from {root}")
     spe = data.steps_per_epoch(cfg.batch_size)  # discriminator steps per epoch
@@ -130,6 +111,7 @@ def train_gan(cfgs: dict, data_dir: Path, out_dir: Path, text_dir: Path = Path("
     log = TrainLog("gan", live_dir, cfg.epochs * spe, out_dir.parent / "gan.tensorboard" if run.tensorboard else None,
                    progress, done_steps=epoch * spe)
     log.replay(history)
+    G, D, C = nets.G, nets.D, nets.C
     log.say(f"gan: generator {count_parameters(G):,} parameters (NCA {count_parameters(G.nca):,}), discriminator "
             f"{count_parameters(D):,}, critic {count_parameters(C):,}; {len(train)} training sprites, {spe} D steps per epoch; "
             f"loss {cfg.loss}, penalty {cfg.penalty}, DiffAugment {cfg.augment_policies or 'off'}")
@@ -144,86 +126,40 @@ def train_gan(cfgs: dict, data_dir: Path, out_dir: Path, text_dir: Path = Path("
             t_epoch, means, interval = time.time(), {n: Means() for n in ("d", "g", "g_critic", "critic")}, Means()
             for b, batch in enumerate(data.epoch(g, cfg.batch_size, pool, run.augment.hflip)):
                 sigma, (phase, critic_w) = instance_noise_at(cfg, e + b / spe), critic_phase_at(cfg, e + b / spe)
+
+                def view(x: torch.Tensor, real: bool) -> torch.Tensor:  # what D is shown of a batch at this point
+                    return discriminator_view(x, cfg, res, sigma, real, g)
+
                 x_real = data.images(batch, run.augment, g)  # (B, 3, R, R)
                 t = pooled[batch.prompt]  # (B, text_width)
                 a = drop_attributes(attrs[batch.idx], cfg.attribute_dropout, g)  # (B, A): the same condition for real and fake
-                n = len(batch)
-                # ---- discriminator step: real vs a fresh fake batch, both as D sees them
-                z = torch.randn((n, cfg.z_dim), generator=g, device=dev)
-                with torch.no_grad(), rt.autocast():
-                    x_fake = G(z, t, a, g).float()
-                real_v = discriminator_view(x_real, cfg, res, sigma, True, g)
-                fake_v = discriminator_view(x_fake, cfg, res, sigma, False, g)
-                with rt.autocast():
-                    (real_logits, real_classes), fake_logits = D.score(real_v, t, a), D(fake_v, t, a).float()
-                real_logits = real_logits.float()
-                loss_d = d_loss(real_logits, fake_logits, cfg.loss, cfg.label_smoothing)
-                terms = {"loss_d": loss_d, "d_real": real_logits.mean(), "d_fake": fake_logits.mean(),
-                         "acc_real": (real_logits > 0).float().mean(), "acc_fake": (fake_logits < 0).float().mean()}
-                total = loss_d
-                if cfg.aux_weight > 0:  # AC-GAN: D learns each attribute from the reals only
-                    terms["d_aux"] = attribute_loss(real_classes, a)
-                    total = total + cfg.aux_weight * terms["d_aux"]
-                if cfg.penalty != "none" and step % cfg.penalty_every == 0:  # lazy regularisation
-                    terms["penalty"] = gradient_penalty(D, real_v, fake_v, t, a, cfg.penalty, g)
-                    total = loss_d + penalty_scale(cfg) * terms["penalty"]
-                bad, norms = guarded_step(opts["discriminator"], total, guards["discriminator"])
-                means["d"].add({**terms, "grad_norm_d": norms["d"]}, ~bad)
-                interval.add({"loss": loss_d}, ~bad)
-                # ---- critic step: trains in its isolated, ramp and integrated phases; frozen in isolation
-                if C is not None:
-                    with torch.set_grad_enabled(CRITIC_TRAINS[phase]), rt.autocast():
-                        c_real, c_fake = C(real_v, t, a).float(), C(fake_v, t, a).float()
-                    c_terms = {"loss_critic": d_loss(c_real, c_fake, cfg.loss, cfg.label_smoothing),
-                               "critic_acc_real": (c_real > 0).float().mean(), "critic_acc_fake": (c_fake < 0).float().mean()}
-                    keep = torch.ones((), dtype=torch.bool, device=dev)
-                    if CRITIC_TRAINS[phase]:
-                        bad_c, norms_c = guarded_step(opts["critic"], c_terms["loss_critic"], guards["critic"])
-                        keep, c_terms["grad_norm_critic"] = ~bad_c, norms_c["critic"]
-                    means["critic"].add(c_terms, keep)
-                # ---- generator step after every k-th discriminator step (D and the critic frozen meanwhile)
-                if (b + 1) % k == 0:
-                    z = torch.randn((n, cfg.z_dim), generator=g, device=dev)
-                    for m in (D, C):
-                        if m is not None:
-                            m.requires_grad_(False)
-                    with rt.autocast():
-                        x_fake = G(z, t, a, g).float()
-                        loss_g, g_terms = g_objective(D, C, discriminator_view(x_fake, cfg, res, sigma, False, g), t, a,
-                                                      cfg.loss, critic_w, cfg.aux_weight)
-                    bad_g, norms_g = guarded_step(opts["generator"], loss_g, guards["generator"])
-                    for m in (D, C):
-                        if m is not None:
-                            m.requires_grad_(True)
-                    means["g"].add({"loss_g": loss_g, **{k_: v for k_, v in g_terms.items() if k_ != "g_critic"},
-                                    **{f"grad_norm_{k_}": v for k_, v in norms_g.items()}}, ~bad_g)
+                terms, ok, real_v, fake_v = d_step(nets, cfg, rt, x_real, t, a, view, step % cfg.penalty_every == 0, g)
+                means["d"].add(terms, ok)
+                interval.add({"loss": terms["loss_d"]}, ok)
+                if C is not None:  # trains in its isolated, ramp and integrated phases; frozen in isolation
+                    means["critic"].add(*critic_step(nets, cfg, rt, real_v, fake_v, t, a, phase))
+                if (b + 1) % k == 0:  # a generator step after every k-th discriminator step
+                    g_terms, ok_g = g_step(nets, cfg, rt, t, a, view, critic_w, g)
+                    means["g"].add({k_: v for k_, v in g_terms.items() if k_ != "g_critic"}, ok_g)
                     if "g_critic" in g_terms:  # only while the critic reaches the generator (ramp, integrated)
-                        means["g_critic"].add({"g_critic": g_terms["g_critic"]}, ~bad_g)
+                        means["g_critic"].add({"g_critic": g_terms["g_critic"]}, ok_g)
                 step += 1
                 log.advance()
                 if step % run.log_every == 0:  # the only host synchronisation inside an epoch
-                    for guard in guards.values():
+                    for guard in nets.guards.values():
                         guard.check()
                     log.interval(step, interval.read())
             epoch = e + 1
             # ---- the epoch's row: losses, schedules, and collapse on the fixed batch
-            row = {f"train/{k_}": v for m in means.values() for k_, v in m.read().items()}
-            for name, guard in guards.items():
-                row.update({f"guard/{name}_{k_}": float(v) for k_, v in guard.check().items()})
-            phase, critic_w = critic_phase_at(cfg, epoch - 1e-9)
-            row.update({"sched/d_steps": float(k), "sched/resolution": float(res), "sched/instance_noise": instance_noise_at(cfg, epoch - 1e-9),
-                        "critic/phase": float(PHASES.index(phase)), "critic/weight": critic_w})
-            watched = measure_collapse(G, D, monitor)
-            warnings = collapse_warnings(watched, cfg)
+            metrics, warnings = epoch_row(nets, cfg, epoch, k, res, means, monitor)
             healthy = not warnings
             watch["streak"] = 0 if healthy else watch["streak"] + 1
             if healthy:
                 watch["last_healthy"] = epoch
             else:
                 log.say(f"gan epoch {epoch}: COLLAPSE WARNING ({watch['streak']} epoch(s) in a row): " + "; ".join(warnings))
-            metrics = {**row, **watched, "collapse/healthy": float(healthy)}
             log.epoch(epoch, step, metrics, {"images_per_s": len(data) / max(time.time() - t_epoch, 1e-9), **memory(dev)})
-            weights_now = flatten_state(nets)
+            weights_now = flatten_state(nets.modules)
             if healthy:  # best/ is the last healthy epoch's generator
                 write_atomic(root, "best", lambda f: _save_weights(f, weights_now))
             if run.checkpoint_every and epoch % run.checkpoint_every == 0:
@@ -232,8 +168,8 @@ def train_gan(cfgs: dict, data_dir: Path, out_dir: Path, text_dir: Path = Path("
                 sample_grid(G, text, root / "samples" / f"epoch_{epoch:04d}.png")
             if cfg.collapse_patience and watch["streak"] >= cfg.collapse_patience:
                 watch["stopped"] = True
-            save_run_state(root, weights_now, {k_: v for opt in opts.values() for k_, v in opt_state(opt, names).items()},
-                           {"epoch": epoch, "step": step, "guards": {n: gd.state() for n, gd in guards.items()},
+            save_run_state(root, weights_now, nets.opt_state(),
+                           {"epoch": epoch, "step": step, "guards": {n: gd.state() for n, gd in nets.guards.items()},
                             "watch": watch, "history": log.history, "params": params})
             if watch["stopped"]:
                 log.say(f"gan: stopped after epoch {epoch}: collapsed for {watch['streak']} epochs in a row "
@@ -251,6 +187,141 @@ def train_gan(cfgs: dict, data_dir: Path, out_dir: Path, text_dir: Path = Path("
     log_run("gan", {"seconds": seconds, "steps": step - steps_at_start, **memory(dev), **rt.settings(),
                     "images_per_s": (step - steps_at_start) * cfg.batch_size / max(seconds, 1e-9)})
     return metrics
+
+
+# --- the networks and their steps ------------------------------------------------------------------------------
+
+
+@dataclass
+class Nets:
+    """The generator, the discriminator and the optional critic, with one optimiser and one step guard each."""
+
+    G: Generator
+    D: ProjectionDiscriminator
+    C: TransformerCritic | None
+    opts: dict
+    guards: dict
+
+    @property
+    def modules(self) -> dict:
+        return {"generator": self.G, "discriminator": self.D, **({"critic": self.C} if self.C is not None else {})}
+
+    @property
+    def names(self) -> dict:
+        """parameter -> "network.name", the key of its optimiser state."""
+        return {p: f"{net}.{n}" for net, m in self.modules.items() for n, p in m.named_parameters()}
+
+    def opt_state(self) -> dict:
+        names = self.names
+        return {k: v for opt in self.opts.values() for k, v in opt_state(opt, names).items()}
+
+    def load(self, flat: dict, opt_flat: dict, guards: dict, root: Path) -> None:
+        for net, m in self.modules.items():
+            load_into(m, flat, net, root)
+        names = self.names
+        for name, opt in self.opts.items():
+            load_opt_state(opt, names, opt_flat)
+            self.guards[name].load(guards[name])
+
+
+def build_nets(cfg: GANConfig, run, rt: Runtime, resolution: int, text_width: int) -> Nets:
+    """The networks on the device, a fused AdamW each at constant rates with the GAN's betas (the
+    generator's with a group of its own for the NCA, lr_nca), and a step guard each (gan.explode_factor)."""
+    G = rt.prepare(Generator(cfg, resolution, text_width, cardinalities()))
+    D = rt.prepare(ProjectionDiscriminator(cfg, resolution, text_width, cardinalities()))
+    C = rt.prepare(TransformerCritic(cfg, resolution, text_width, cardinalities())) if cfg.critic else None
+    nca = list(G.nca.parameters()) if G.nca is not None else []
+    nca_ids = {id(p) for p in nca}
+    g_groups = {"g": [p for p in G.parameters() if id(p) not in nca_ids], **({"nca": nca} if nca else {})}
+    opts = {"generator": adamw(g_groups, lr={"g": cfg.lr_g, "nca": cfg.lr_nca}, clip={"g": cfg.grad_clip, "nca": cfg.grad_clip}, weight_decay=0.0),
+            "discriminator": adamw({"d": D.parameters()}, lr={"d": cfg.lr_d}, clip={"d": cfg.grad_clip}, weight_decay=0.0)}
+    if C is not None:
+        opts["critic"] = adamw({"critic": C.parameters()}, lr={"critic": cfg.lr_critic}, clip={"critic": cfg.grad_clip}, weight_decay=0.0)
+    for opt in opts.values():
+        for group in opt.param_groups:  # constant rates (the seed's); GANs' Adam betas
+            group["lr"], group["betas"] = group["peak_lr"], (cfg.beta1, cfg.beta2)
+    guards = {name: StepGuard(run.max_bad_steps, cfg.explode_factor, rt.device) for name in opts}
+    return Nets(G, D, C, opts, guards)
+
+
+def d_step(nets: Nets, cfg: GANConfig, rt: Runtime, x_real: torch.Tensor, t: torch.Tensor, a: torch.Tensor, view,
+           penalise: bool, g: torch.Generator) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One discriminator step: real sprites against a fresh fake batch under the same condition, both as D
+    sees them; the auxiliary classifier learns from the reals; the penalty on every penalty_every-th step
+    (lazy regularisation). Returns the terms, whether the step was taken, and the two views (the critic's)."""
+    z = torch.randn((len(x_real), cfg.z_dim), generator=g, device=x_real.device)
+    with torch.no_grad(), rt.autocast():
+        x_fake = nets.G(z, t, a, g).float()
+    real_v, fake_v = view(x_real, True), view(x_fake, False)
+    with rt.autocast():
+        (real_logits, real_classes), fake_logits = nets.D.score(real_v, t, a), nets.D(fake_v, t, a).float()
+    real_logits = real_logits.float()
+    loss_d = d_loss(real_logits, fake_logits, cfg.loss, cfg.label_smoothing)
+    terms = {"loss_d": loss_d, "d_real": real_logits.mean(), "d_fake": fake_logits.mean(),
+             "acc_real": (real_logits > 0).float().mean(), "acc_fake": (fake_logits < 0).float().mean()}
+    total = loss_d
+    if cfg.aux_weight > 0:  # AC-GAN: D learns each attribute from the reals only
+        terms["d_aux"] = attribute_loss(real_classes, a)
+        total = total + cfg.aux_weight * terms["d_aux"]
+    if cfg.penalty != "none" and penalise:
+        terms["penalty"] = gradient_penalty(nets.D, real_v, fake_v, t, a, cfg.penalty, g)
+        total = total + penalty_scale(cfg) * terms["penalty"]
+    bad, norms = guarded_step(nets.opts["discriminator"], total, nets.guards["discriminator"])
+    return {**terms, "grad_norm_d": norms["d"]}, ~bad, real_v, fake_v
+
+
+def critic_step(nets: Nets, cfg: GANConfig, rt: Runtime, real_v: torch.Tensor, fake_v: torch.Tensor, t: torch.Tensor,
+                a: torch.Tensor, phase: str) -> tuple[dict, torch.Tensor]:
+    """The critic on D's views: a training step in its isolated, ramp and integrated phases; in the
+    isolation phase it is frozen and only scored. Returns its terms and whether they count."""
+    trains = CRITIC_TRAINS[phase]
+    with torch.set_grad_enabled(trains), rt.autocast():
+        c_real, c_fake = nets.C(real_v, t, a).float(), nets.C(fake_v, t, a).float()
+    terms = {"loss_critic": d_loss(c_real, c_fake, cfg.loss, cfg.label_smoothing),
+             "critic_acc_real": (c_real > 0).float().mean(), "critic_acc_fake": (c_fake < 0).float().mean()}
+    keep = torch.ones((), dtype=torch.bool, device=c_real.device)
+    if trains:
+        bad, norms = guarded_step(nets.opts["critic"], terms["loss_critic"], nets.guards["critic"])
+        keep, terms["grad_norm_critic"] = ~bad, norms["critic"]
+    return terms, keep
+
+
+def g_step(nets: Nets, cfg: GANConfig, rt: Runtime, t: torch.Tensor, a: torch.Tensor, view, critic_w: float,
+           g: torch.Generator) -> tuple[dict, torch.Tensor]:
+    """One generator step (D and the critic frozen meanwhile): the adversarial loss on D's view of fresh
+    fakes, plus the auxiliary classifier's, the critic's (once it may speak) and the mode-seeking term."""
+    n = len(t)
+    z = torch.randn((n, cfg.z_dim), generator=g, device=t.device)
+    if cfg.mode_seeking > 0 and n >= 2:  # MSGAN: the first half's conditions again, with other noise
+        h = n // 2
+        t, a = torch.cat([t[:h], t[:h], t[2 * h :]]), torch.cat([a[:h], a[:h], a[2 * h :]])
+    frozen = [m for m in (nets.D, nets.C) if m is not None]
+    for m in frozen:
+        m.requires_grad_(False)
+    with rt.autocast():
+        x_fake = nets.G(z, t, a, g).float()
+        loss_g, terms = g_objective(nets.D, nets.C, view(x_fake, False), t, a, cfg.loss, critic_w, cfg.aux_weight)
+        if cfg.mode_seeking > 0 and n >= 2:
+            terms["g_mode_seeking"] = mode_seeking_loss(x_fake, z)
+            loss_g = loss_g + cfg.mode_seeking * terms["g_mode_seeking"]
+    bad, norms = guarded_step(nets.opts["generator"], loss_g, nets.guards["generator"])
+    for m in frozen:
+        m.requires_grad_(True)
+    return {"loss_g": loss_g, **terms, **{f"grad_norm_{k}": v for k, v in norms.items()}}, ~bad
+
+
+def epoch_row(nets: Nets, cfg: GANConfig, epoch: int, k: int, res: int, means: dict, monitor: dict) -> tuple[dict, list[str]]:
+    """The epoch's metrics (mean losses, guard counts, schedules, collapse on the fixed batch) and its
+    collapse warnings."""
+    row = {f"train/{k_}": v for m in means.values() for k_, v in m.read().items()}
+    for name, guard in nets.guards.items():
+        row.update({f"guard/{name}_{k_}": float(v) for k_, v in guard.check().items()})
+    phase, critic_w = critic_phase_at(cfg, epoch - 1e-9)
+    row.update({"sched/d_steps": float(k), "sched/resolution": float(res), "sched/instance_noise": instance_noise_at(cfg, epoch - 1e-9),
+                "critic/phase": float(PHASES.index(phase)), "critic/weight": critic_w})
+    watched = measure_collapse(nets.G, nets.D, monitor)
+    warnings = collapse_warnings(watched, cfg)
+    return {**row, **watched, "collapse/healthy": float(not warnings)}, warnings
 
 
 def _say(msg: str) -> None:
