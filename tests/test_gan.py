@@ -444,6 +444,19 @@ def test_a_checkpoint_of_another_family_is_refused_naming_both(workdir, tmp_path
         load_bundle(other)
     with pytest.raises(UserError, match="holds a 'gan' model, not a 'cvae' one"):
         load_cvae(workdir / "models/gan")
+    # spritegen/conditional.py's other refusals, before any weights are read: other attribute vocabularies
+    # (every id would mean another attribute), and a folder with no checkpoint
+    shuffled = tmp_path / "other_vocab"
+    shutil.copytree(workdir / "models/gan", shuffled)
+    vocab = config["attributes"]
+    first = next(iter(vocab))
+    vocab = {**vocab, first: [vocab[first][0], *reversed(vocab[first][1:])]}
+    (shuffled / "config.yaml").write_text(yaml.safe_dump({**config, "attributes": vocab}))
+    with pytest.raises(UserError, match="attribute vocabularies differ"):
+        load_bundle(shuffled)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="holds no checkpoint.*dvc repro gan"):
+        load_bundle(tmp_path / "empty")
 
 
 @pytest.mark.slow
