@@ -40,7 +40,7 @@ Direction = Literal["lower", "higher"]
 Status = Literal["regressed", "improved", "ok"]
 
 DEFAULT_METRICS = [
-    "fd", "kid", "clip_score", "r_precision", "attr_colour_acc_pixels",
+    "fd", "fd_detail", "kid", "clip_score", "r_precision", "attr_colour_acc_pixels",
     "collapse_score", "coverage", "near_copy_fraction",
 ]
 EXIT_PASS, EXIT_REGRESSED, EXIT_ERROR = 0, 1, 2

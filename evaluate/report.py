@@ -18,7 +18,7 @@ from pathlib import Path
 from spritegen.errors import UserError
 
 SKIP = {"summary.json", "evaluator.json"}
-TABLE_METRICS = ("fd", "kid", "precision", "recall", "coverage", "clip_score", "r_precision",
+TABLE_METRICS = ("fd", "fd_detail", "kid", "precision", "recall", "coverage", "clip_score", "r_precision",
                  "attr_colour_acc_pixels", "attr_type_acc_evaluator", "perceptual_within_prompt", "collapse_score", "near_copy_fraction")
 
 

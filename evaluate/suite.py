@@ -31,6 +31,7 @@ from spritegen.data.vocab import COLOUR_NAMES, TYPES
 from spritegen.errors import UserError
 from spritegen.evaluate import metrics as M
 from spritegen.evaluate.baselines import BASELINES, baseline_images
+from spritegen.evaluate.detail import DETAIL_ID, detail_features
 from spritegen.evaluate.evaluator import COLOUR_TEMPLATES, TYPE_TEMPLATES, class_embeddings
 
 
@@ -67,6 +68,7 @@ class EvaluateConfig:
 # "alignment" and "memorisation" from held-out real sprites.
 METRICS: dict[str, tuple[str, str]] = {
     "fd": ("lower", "fidelity"),
+    "fd_detail": ("lower", "fidelity"),
     "fd_inf": ("lower", "fidelity"),
     "kid": ("lower", "fidelity"),
     "precision": ("higher", "fidelity"),
@@ -134,6 +136,7 @@ class Scorer:
     ref_radii: np.ndarray = None
     ref_kernel: np.ndarray = None
     ref_stats: tuple = ()  # (mu, sigma, sqrt(sigma)) of the reference features
+    ref_detail_stats: tuple = ()  # the same for the reference's detail features (fd_detail)
     memo_pixels: np.ndarray = None
     text_pool: list[str] = field(default_factory=list)
     text_pool_emb: np.ndarray | None = None
@@ -147,6 +150,8 @@ class Scorer:
         self.ref_kernel = M.poly_kernel(self.ref_feats, self.ref_feats)
         mu, sigma = M.gaussian_stats(self.ref_feats)
         self.ref_stats = (mu, sigma, M.psd_sqrt(sigma))
+        mu, sigma = M.gaussian_stats(detail_features(r.reference))
+        self.ref_detail_stats = (mu, sigma, M.psd_sqrt(sigma))
         self.memo_pixels = M.pixel_vectors(r.memorised)
         if self.align is not None:
             pool = set(extra_prompts or []) | set(r.reference_prompts or [])
@@ -175,6 +180,7 @@ class Encoded:
 
     images: np.ndarray  # uint8 (N, 3, R, R)
     feats: np.ndarray  # (N, D) backend features
+    detail: np.ndarray  # (N, detail_dim()) detail features (fd_detail)
     groups: np.ndarray  # (N,) group key per sample (prompt), for within/across pairs
     feat_dist: np.ndarray  # (N, N) Euclidean distances in feature space
     percep_d2: np.ndarray  # (N, N) perceptual distances (squared embedding distances)
@@ -264,7 +270,7 @@ def encode(images: np.ndarray, prompts: list[str] | None, groups: list[str] | No
     per, attrs = per_sample_metrics(images, prompts, s, rng, feats, alignment, memorisation, first, inverse, x)
     keys = groups if groups is not None else (prompts if prompts is not None else [str(i) for i in range(n)])
     key_codes = {k: i for i, k in enumerate(dict.fromkeys(keys))}
-    return Encoded(images=images, feats=feats, groups=np.array([key_codes[k] for k in keys]),
+    return Encoded(images=images, feats=feats, detail=detail_features(images[first])[inverse], groups=np.array([key_codes[k] for k in keys]),
                    feat_dist=M.pairwise_distances(feats), percep_d2=percep_d2, colours=colours,
                    n_colours=len(palette), per_sample=per,
                    ref_dist=M.pairwise_distances(s.ref_feats, feats), k_self=M.poly_kernel(feats, feats),
@@ -285,6 +291,7 @@ def set_metrics(e: Encoded, idx: np.ndarray, s: Scorer, rng: np.random.Generator
     images = e.images[idx]
     out: dict[str, float] = {}
     out["fd"] = M.frechet_distance_to(*M.gaussian_stats(feats), *s.ref_stats)
+    out["fd_detail"] = M.frechet_distance_to(*M.gaussian_stats(e.detail[idx]), *s.ref_detail_stats)
     if with_fd_inf:
         out["fd_inf"] = M.fd_infinity(feats, s.ref_feats, rng)
     m = M.kid_subset_size(len(idx), len(s.ref_feats), cfg.kid_max_subset_size)
@@ -434,7 +441,8 @@ def evaluate_images(generated: np.ndarray, prompts: list[str] | None, real: Real
             "n": int(np.isfinite(e_gen.per_sample[name]).sum()) if name in e_gen.per_sample else n,
             "backend_id": (align.backend_id if group == "alignment" and align is not None else
                            "pixels" if group == "memorisation" or name in ("unique_pixel_fraction", "value_range", "channel_std", "attr_colour_acc_pixels")
-                           else s.perceptual_name if name.startswith("perceptual") else backend.backend_id),
+                           else s.perceptual_name if name.startswith("perceptual")
+                           else DETAIL_ID if name == "fd_detail" else backend.backend_id),
         }
         if name == "r_precision":
             entry["chance"] = 1 / min(cfg.r_precision_candidates, len(s.text_pool))
@@ -461,6 +469,7 @@ def evaluate_images(generated: np.ndarray, prompts: list[str] | None, real: Real
         "backend": backend.name,
         "backend_id": backend.backend_id,
         "alignment_backend_id": align.backend_id if align is not None else None,
+        "detail_backend_id": DETAIL_ID,
         "perceptual": s.perceptual_name,
         "n_generated": n,
         "n_reference": int(len(real.reference)),
