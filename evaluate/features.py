@@ -6,8 +6,12 @@ different ids never compare.
 
 * ``evaluator``: the dataset-trained CLIP (``spritegen evaluator``), always available offline.
 * ``inception``: InceptionV3 pool features (2048-d) via torchmetrics/torch-fidelity, from a local
-  weights file (``evaluate.inception_weights``, e.g. torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``).
+  weights file (``evaluate.inception_weights``: torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``
+  or the same tensors as ``.safetensors``).
 * ``clip``: an OpenAI/open_clip CLIP from a local weights file (``evaluate.clip_model`` + ``clip_weights``).
+
+Weights files are read without running pickled code; a bad file is a UserError naming it, raised when
+the backend is built. docs/evaluation.md ("Pretrained backends from local files") lists the formats.
 
 Perceptual distance: LPIPS (AlexNet) when its backbone weights are already in torch's hub cache,
 otherwise the evaluator's ViT tokens (``Evaluator.image_tokens``). Both are embeddings whose squared
@@ -16,6 +20,8 @@ Euclidean distance is the perceptual distance, so pairwise distances are one mat
 
 from __future__ import annotations
 
+import importlib.util
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -48,25 +54,56 @@ def _short_hash(path: Path) -> str:
     return file_hash(path)[:8]
 
 
+def _read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """A flat ``{name: tensor}`` state dict from ``.safetensors`` or a ``torch.save`` file, read without
+    running code: ``torch.load(weights_only=True)`` refuses pickled objects other than tensors and
+    containers, so a hostile file fails here instead of executing. Any failure: a UserError naming the file."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch/safetensors raise several types for a damaged or foreign file
+        raise UserError(f"{what}: {path} is not a readable weights file (a state dict saved with torch.save, or "
+                        f".safetensors; pickled code is refused): {type(e).__name__}: {e}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{what}: {path} does not hold a state dict of tensors (got {type(state).__name__})")
+    return state
+
+
 def inception_backend(weights: str | Path | None, batch_size: int = 64) -> Backend:
     """InceptionV3 (FID's network) from a local file. Missing weights or torch-fidelity: a clear error."""
     if not weights or not Path(weights).is_file():
         raise UserError(f"backend 'inception' needs a local weights file (evaluate.inception_weights = {weights!r} "
                         "is not a file); this machine cannot download it. Use backend 'evaluator' instead.")
+    if importlib.util.find_spec("torch_fidelity") is None:  # NoTrainInceptionV3 is torch-fidelity's network
+        raise UserError("backend 'inception' needs torch-fidelity (pip install torch-fidelity)")
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    weights = Path(weights)
+    state = _read_state_dict(weights, "evaluate.inception_weights")
+    # torch-fidelity reads its weights path with torch.load(weights_only=False), which would run code in a
+    # hostile file; it also takes a file object, so hand it bytes written here from the tensors just read.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
     try:
-        from torchmetrics.image.fid import NoTrainInceptionV3
+        # antialias=True: torchmetrics' FrechetInceptionDistance default, so FID here equals torchmetrics' FID
         net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                 feature_extractor_weights_path=str(weights)).eval()
-    except (ImportError, ModuleNotFoundError) as e:
-        raise UserError(f"backend 'inception' needs torch-fidelity (pip install torch-fidelity): {e}") from None
+                                 feature_extractor_weights_path=buffer, antialias=True).eval()
+    except RuntimeError as e:  # load_state_dict: missing/unexpected keys or wrong shapes
+        raise UserError(f"evaluate.inception_weights: {weights} is not torch-fidelity's InceptionV3 state dict: "
+                        f"{str(e)[:500]}") from None
 
     @torch.no_grad()
     def encode(images: torch.Tensor) -> np.ndarray:
         images = torch.as_tensor(images)
-        # torchmetrics' extractor takes uint8 and resizes to 299 itself (torch-fidelity's resize)
+        # torchmetrics' extractor takes uint8 (N, 3, H, W) and resizes to 299 itself
         return torch.cat([net(images[s : s + batch_size]) for s in range(0, len(images), batch_size)]).double().numpy()
 
-    return Backend("inception", f"inception-{_short_hash(Path(weights))}", encode, None)
+    return Backend("inception", f"inception-{_short_hash(weights)}", encode, None)
 
 
 def clip_backend(model_name: str, weights: str | Path | None, batch_size: int = 64) -> Backend:
@@ -77,9 +114,11 @@ def clip_backend(model_name: str, weights: str | Path | None, batch_size: int = 
     import open_clip
 
     try:
+        # open_clip reads the file with torch.load(weights_only=True) (or safetensors): no pickled code runs
         model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=str(weights))
     except Exception as e:  # open_clip raises several types for a wrong name/file
-        raise UserError(f"could not load CLIP {model_name!r} from {weights}: {e}") from None
+        raise UserError(f"could not load CLIP {model_name!r} from {weights} (an open_clip state dict or training "
+                        f"checkpoint, or .safetensors; TorchScript archives are refused): {e}") from None
     model.eval()
     tokenizer = open_clip.get_tokenizer(model_name)
     size = model.visual.image_size
