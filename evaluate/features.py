@@ -41,11 +41,14 @@ class Backend:
     encode_texts: Callable[[list[str]], np.ndarray] | None = None  # prompts -> (N, D); None: no text tower
     # features and the evaluator-tokens perceptual embedding in one pass (evaluator backend only)
     encode_with_tokens: Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]] | None = None
+    # images and their encode_images rows -> {"type", "colour"}: (N,) class indices (evaluator backend only:
+    # its trained attribute classifiers, evaluate/attributes.py)
+    classify_attributes: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]] | None = None
 
 
 def evaluator_backend(evaluator) -> Backend:
     return Backend("evaluator", evaluator.backend_id, evaluator.encode_images, evaluator.encode_texts,
-                   evaluator.encode_images_with_tokens)
+                   evaluator.encode_images_with_tokens, evaluator.classify_attributes)
 
 
 def _short_hash(path: Path) -> str:

@@ -80,6 +80,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "attr_colour_acc_pixels": ("higher", "alignment"),
     "attr_colour_acc_evaluator": ("higher", "alignment"),
     "attr_type_acc_evaluator": ("higher", "alignment"),
+    "attr_colour_acc": ("higher", "alignment"),  # the evaluator's trained classifiers (evaluate/attributes.py)
+    "attr_type_acc": ("higher", "alignment"),
     "perceptual_within_prompt": ("higher", "diversity"),
     "perceptual_across_prompts": ("higher", "diversity"),
     "pairwise_distance_across": ("higher", "diversity"),
@@ -92,14 +94,14 @@ METRICS: dict[str, tuple[str, str]] = {
     "near_copy_fraction": ("lower", "memorisation"),
 }
 _UNIT = ("precision", "recall", "coverage", "r_precision", "attr_colour_acc_pixels", "attr_colour_acc_evaluator",
-         "attr_type_acc_evaluator", "unique_pixel_fraction", "value_range", "near_copy_fraction")
+         "attr_type_acc_evaluator", "attr_colour_acc", "attr_type_acc", "unique_pixel_fraction", "value_range", "near_copy_fraction")
 BOUNDS: dict[str, tuple[float, float]] = {
     **{k: (0.0, np.inf) for k in METRICS if k not in ("kid", "fd_inf", "clip_score")},
     **{k: (0.0, 1.0) for k in _UNIT},
     "clip_score": (-1.0, 1.0), "collapse_score": (0.0, 15.0),
 }
 PER_SAMPLE = ("clip_score", "r_precision", "attr_colour_acc_pixels", "attr_colour_acc_evaluator",
-              "attr_type_acc_evaluator", "nn_train_distance", "near_copy_fraction")
+              "attr_type_acc_evaluator", "attr_colour_acc", "attr_type_acc", "nn_train_distance", "near_copy_fraction")
 
 
 # --- the procedure on arrays ------------------------------------------------------------------------
@@ -234,6 +236,11 @@ def per_sample_metrics(images: np.ndarray, prompts: list[str] | None, s: Scorer,
         attrs["attr_colour_acc_pixels"] = AttributeCalls.of(want_colour, [measured_u[i] for i in inverse], COLOUR_NAMES)
         attrs["attr_colour_acc_evaluator"] = AttributeCalls.of(want_colour, [COLOUR_NAMES[z] for z in zc], COLOUR_NAMES)
         attrs["attr_type_acc_evaluator"] = AttributeCalls.of(want_types, [TYPES[z] for z in zt], TYPES)
+        if s.align.classify_attributes is not None:  # the evaluator's trained classifiers; a CLIP tower has none
+            # an evaluator trained before them raises here, naming the command that retrains it
+            calls = s.align.classify_attributes(images[first], img_emb[first])
+            attrs["attr_colour_acc"] = AttributeCalls.of(want_colour, [COLOUR_NAMES[calls["colour"][i]] for i in inverse], COLOUR_NAMES)
+            attrs["attr_type_acc"] = AttributeCalls.of(want_types, [TYPES[calls["type"][i]] for i in inverse], TYPES)
         per.update({name: M.attribute_hits(a.want, a.pred) for name, a in attrs.items()})
     if memorisation:
         # a mirrored copy is a copy too (training used flips): the distance is the smaller of the two

@@ -75,11 +75,21 @@ def test_presets_and_defaults_validate():
 
 def test_evaluator_stage_outputs_and_reload(workspace):
     folder = workspace / "models/evaluator"
-    assert {"model.safetensors", "config.yaml", "metrics.json"} <= {p.name for p in folder.iterdir()}
+    assert {"model.safetensors", "config.yaml", "metrics.json", "confusion.png"} <= {p.name for p in folder.iterdir()}
     scores = json.loads((workspace / "metrics/evaluator.json").read_text())
     for key in ("i2t_r@1", "i2t_r@5", "chance_r@1", "chance_r@5", "zero_shot_colour_acc", "zero_shot_colour_chance",
-                "zero_shot_type_acc", "zero_shot_type_chance", "backend_id"):
+                "zero_shot_type_acc", "zero_shot_type_chance", "backend_id", "classifier_colour_acc",
+                "classifier_colour_balanced_acc", "classifier_type_acc", "classifier_type_balanced_acc",
+                "classifier_type_acc_any", "attributes"):
         assert key in scores
+    # held-out reports of the classifiers and the zero-shot calls: the confusion rows sum to the class counts
+    for attribute in ("type", "colour"):
+        for kind in ("classifier", "zero_shot"):
+            rep = scores["attributes"][attribute][kind]
+            m = np.array(rep["confusion"]["matrix"])
+            assert m.sum() == rep["n"] == scores["n_heldout"] == 24
+            assert m.sum(1).tolist() == [rep["per_class"][c]["n"] for c in rep["confusion"]["classes"]]
+        assert scores[f"classifier_{attribute}_acc"] == scores["attributes"][attribute]["classifier"]["acc"]
     assert scores["chance_r@1"] == pytest.approx(1 / 24)
     ev = load_evaluator(folder)
     assert ev.backend_id == scores["backend_id"] and ev.backend_id.startswith("evaluator-")
@@ -87,6 +97,36 @@ def test_evaluator_stage_outputs_and_reload(workspace):
     a, b = ev.encode_images(imgs), load_evaluator(folder).encode_images(imgs)
     assert a.shape == (12, TINY_EVAL.embed_dim) and np.array_equal(a, b)
     assert np.allclose(np.linalg.norm(a, axis=1), 1)
+    # the classifiers travel in the same file (so backend_id names them) and reload bit for bit
+    calls = ev.classify_attributes(imgs)
+    assert calls.keys() == {"type", "colour"} and len(calls["type"]) == 12
+    assert all(np.array_equal(calls[k], load_evaluator(folder).classify_attributes(imgs, a)[k]) for k in calls)
+
+
+def test_evaluator_without_classifiers_is_refused_with_the_retrain_command(workspace, tmp_path):
+    """An evaluator trained before the attribute classifiers still loads (its features serve FD/KID), but
+    scoring alignment with it stops with the command that retrains it: a metrics file silently missing
+    attr_type_acc / attr_colour_acc would not compare with the others."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from spritegen.checkpoint import load_tensors
+    from spritegen.errors import UserError
+
+    old = tmp_path / "old_evaluator"
+    shutil.copytree(workspace / "models/evaluator", old)
+    tensors = load_tensors(old / "model.safetensors")
+    save_file({k: v for k, v in tensors.items() if not k.startswith("attr.")}, str(old / "model.safetensors"))
+    ev = load_evaluator(old)
+    assert ev.attributes is None
+    test = load_split(workspace / "data/prepared", "test")
+    assert ev.encode_images(test.images).shape == (12, TINY_EVAL.embed_dim)
+    real = real_from_prepared(workspace / "data/prepared", np.random.default_rng(0))
+    b = evaluator_backend(ev)
+    with pytest.raises(UserError, match=r"no attribute classifiers.*`spritegen evaluator`"):
+        evaluate_images(test.images.numpy(), [r.prompts[0] for r in test.records], real, b, b,
+                        perceptual_embedder("evaluator", ev), TINY_SUITE, family="toy")
 
 
 def test_evaluator_training_is_deterministic():
@@ -162,7 +202,8 @@ def test_floors_and_baselines_read_as_expected(scored):
     assert m["attr_colour_acc_pixels"]["floor"] > 0.9
     assert m["r_precision"]["chance"] == pytest.approx(1 / 10)
     # attribute accuracies carry their prompt-shuffled chance, the lift above it and the real sprites' chance
-    for name in ("attr_colour_acc_pixels", "attr_colour_acc_evaluator", "attr_type_acc_evaluator"):
+    for name in ("attr_colour_acc_pixels", "attr_colour_acc_evaluator", "attr_type_acc_evaluator", "attr_colour_acc",
+                 "attr_type_acc"):
         a = m[name]
         assert a["lift"]["value"] == pytest.approx(a["value"] - a["chance"]) and 0 < a["lift"]["p_value"] <= 1
         assert a["lift"]["ci95"][0] <= a["lift"]["value"] <= a["lift"]["ci95"][1]
