@@ -41,7 +41,7 @@ Status = Literal["regressed", "improved", "ok"]
 
 DEFAULT_METRICS = [
     "fd", "fd_detail", "kid", "clip_score", "r_precision", "attr_colour_acc_pixels",
-    "collapse_score", "coverage", "near_copy_fraction",
+    "attr_type_acc", "collapse_score", "coverage", "near_copy_fraction",
 ]
 EXIT_PASS, EXIT_REGRESSED, EXIT_ERROR = 0, 1, 2
 BASELINE_DIR = Path("ci/baseline")

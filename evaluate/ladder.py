@@ -32,10 +32,10 @@ import torch.nn.functional as F
 
 NOISE_LEVELS = (4, 8, 16)  # σ in grey levels (of 255): 4 is barely visible on a flat area
 BLUR_LEVELS = (0.5, 0.7, 1.0)  # σ in pixels at the sprites' native resolution
-HEADLINE = ("fd", "fd_detail", "kid", "coverage", "clip_score", "r_precision", "attr_colour_acc_pixels",
+HEADLINE = ("fd", "fd_detail", "kid", "coverage", "clip_score", "r_precision", "attr_colour_acc_pixels", "attr_type_acc",
             "collapse_score")
 FIDELITY = ("fd", "fd_detail", "kid", "coverage")
-ALIGNMENT = ("clip_score", "r_precision", "attr_colour_acc_pixels")
+ALIGNMENT = ("clip_score", "r_precision", "attr_colour_acc_pixels", "attr_type_acc")
 # (better rung, worse rung, metrics where the pair must come out in that order)
 ORDER = (
     ("real", "reconstructions", FIDELITY),

@@ -19,7 +19,7 @@ from spritegen.errors import UserError
 
 SKIP = {"summary.json", "evaluator.json"}
 TABLE_METRICS = ("fd", "fd_detail", "kid", "precision", "recall", "coverage", "clip_score", "r_precision",
-                 "attr_colour_acc_pixels", "attr_type_acc_evaluator", "perceptual_within_prompt", "collapse_score", "near_copy_fraction")
+                 "attr_colour_acc_pixels", "attr_type_acc", "perceptual_within_prompt", "collapse_score", "near_copy_fraction")
 
 
 def read_metrics(folder: Path) -> dict[str, dict]:

@@ -70,7 +70,7 @@ def test_generator_ladder_comes_out_in_order(tmp_path):
     docs' table uses the LDM's VAE."""
     from spritegen.config import from_dict
     from spritegen.data.dataset import load_split
-    from spritegen.evaluate.evaluator import EvaluatorConfig, train_clip
+    from spritegen.evaluate.evaluator import EvaluatorConfig, fit_attributes, train_clip
     from spritegen.evaluate.features import evaluator_backend, perceptual_embedder
     from spritegen.evaluate.suite import EvaluateConfig, real_from_prepared
     from spritegen.presets import PRESETS
@@ -81,6 +81,7 @@ def test_generator_ladder_comes_out_in_order(tmp_path):
     cfg = from_dict(EvaluatorConfig, {**PRESETS["tiny"]["evaluator"], "epochs": 20, "embed_dim": 32,
                                       "vision_width": 64, "text_width": 64, "lr": 2e-3})
     ev, _ = train_clip(cfg, train.images, [r.prompts for r in train.records], torch.Generator().manual_seed(0), log=None)
+    fit_attributes(ev, train.images, train.records)
     rng = np.random.default_rng(0)
     real = real_from_prepared(tmp_path, rng)
     images = test.images.numpy()
@@ -91,7 +92,9 @@ def test_generator_ladder_comes_out_in_order(tmp_path):
     b = evaluator_backend(ev)
     ecfg = from_dict(EvaluateConfig, {**PRESETS["tiny"]["evaluate"], "bootstrap": 0})
     scores = score_sets(generator_sets(images, prompts, recon, real, rng), real, b, b, perceptual_embedder("evaluator", ev), ecfg)
-    rows = check_generator_order(scores)
+    # a synthetic sprite's type is drawn apart from its pixels (two types share each shape, at 16 px), so
+    # no instrument can read it: attr_type_acc is ranked on the real data only (docs/evaluation.md)
+    rows = [r for r in check_generator_order(scores) if r["metric"] != "attr_type_acc"]
     assert len(rows) >= 20
     broken = [(r["better"], r["worse"], r["metric"], r["values"]) for r in rows if not r["held"]]
     assert not broken
