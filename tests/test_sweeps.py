@@ -4,6 +4,7 @@ gives the same trials, kill -9 then resume with two workers on one journal (no t
 and ``sweep apply`` writing params that validate."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -242,3 +243,70 @@ def test_kill_9_then_resume_with_two_workers_loses_no_trial(workspace):
     assert len(retry) == 1 and retry[0].params == k.params and retry[0].state == TrialState.COMPLETE
     pids = {x.user_attrs["worker"]["pid"] for x in after if x.number > max(before)} | {retry[0].user_attrs["worker"]["pid"]}
     assert len(pids) == 2, "both workers ran trials"
+
+
+# --- PostgreSQL: a real server, started and stopped here ---------------------------------------------------------
+
+
+def _postgres_bin() -> Path | None:
+    import glob
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+@pytest.fixture
+def postgres():
+    """A throwaway PostgreSQL server on a free port (Debian's postgresql package; .ci/run installs it)."""
+    import getpass
+    import shutil
+    import socket
+
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binary (/usr/lib/postgresql/*/bin/initdb): apt-get install -y postgresql")
+    pytest.importorskip("psycopg2", reason="psycopg2-binary (the test extras) is not installed")
+    # initdb refuses to run as root: run the server as the postgres user then
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: cannot start PostgreSQL as another user")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    import tempfile
+
+    # outside pytest's tmp_path, whose parents only root may enter; removed at the end
+    top = Path(tempfile.mkdtemp(prefix="spritegen-pg-"))
+    os.chmod(top, 0o755)
+    data = top / "pg"
+    data.mkdir()
+    if prefix:
+        shutil.chown(data, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    user = "postgres" if prefix else getpass.getuser()
+    subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-U", user, "--auth=trust"], check=True,
+                   capture_output=True)
+    subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(data / "log"), "-w", "-o",
+                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        subprocess.run([*prefix, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", user, "sweeps"],
+                       check=True, capture_output=True)
+        yield f"postgresql+psycopg2://{user}@127.0.0.1:{port}/sweeps"  # SQLAlchemy 2.1 would pick psycopg 3
+    finally:
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_study_round_trips_through_a_real_postgresql_server(workspace, postgres, capsys):
+    import optuna
+
+    path = write_def(workspace, {**TINY_STUDY, "budget": {"trials": 2, "epochs": 1}, "pruner": {"type": "none"}}, "pg")
+    assert cli(["sweep", "run", str(path), "--storage", postgres, "--out", "pg", "--no-plots"]) == 0
+    study = optuna.load_study(study_name="pg-cvae", storage=postgres)
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE", "COMPLETE"]
+    capsys.readouterr()
+    assert cli(["sweep", "best", str(path), "--storage", postgres, "--out", "pg"]) == 0
+    assert json.loads(capsys.readouterr().out)["best"][0]["number"] == study.best_trial.number
+    assert not (workspace / "pg/journal.log").exists(), "the database holds the study, not a journal"
