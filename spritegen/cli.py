@@ -17,6 +17,8 @@ so ``spritegen --help`` stays fast and each procedure keeps a single entry point
     spritegen compare [EXP ...] [--format markdown]    # experiments side by side with CIs
     spritegen params [--preset tiny]                   # the resolved params, validated
     spritegen preset list | show NAME | apply NAME [--exp]   # named presets (spritegen/presets/)
+    spritegen sweep run SWEEP.yaml [--study S] [--trials N] [--storage URL] [--workers K]   # Optuna (docs/sweeps.md)
+    spritegen sweep best | plots | apply [TRIAL]  SWEEP.yaml [--study S]
 """
 
 from __future__ import annotations
@@ -244,6 +246,43 @@ def _evaluation_commands(sub) -> None:
 
 
 
+def _sweep_commands(sub) -> None:
+    """Optuna studies over the training params (spritegen/sweeps, docs/sweeps.md)."""
+    sweep = sub.add_parser("sweep", help="Optuna studies: run, best, apply, plots",
+                           description="Sweep definitions are YAML files in sweeps/ (docs/sweeps.md).").add_subparsers(
+        dest="sweep_cmd", required=True)
+
+    def common(p):
+        p.add_argument("sweep", help="a definition file, or the name of a shipped one (kl_weight, lr_balance, stage_schedule)")
+        p.add_argument("--study", default=None, help="the study of the file to use (needed when it defines several)")
+        p.add_argument("--storage", default=None,
+                       help="a journal file path (default: OUT/journal.log) or a database URL (postgresql://..., sqlite:///...)")
+        p.add_argument("--out", type=Path, default=None, help="the study's folder (default: sweeps_out/<file>-<study>)")
+        _params_args(p)
+
+    p = sweep.add_parser("run", help="run (or continue) a study: each trial trains and evaluates the family")
+    common(p)
+    p.add_argument("--trials", type=int, default=None, help="finished trials to reach (default: the definition's budget.trials)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine, sharing the study")
+    p.add_argument("--data", type=Path, default=Path("data/prepared"))
+    p.add_argument("--text", type=Path, default=Path("models/text"))
+    p.add_argument("--evaluator", type=Path, default=Path("models/evaluator"))
+    p.add_argument("--ref-cache", type=Path, default=Path("reference"))
+    p.add_argument("--no-plots", action="store_true", help="do not write the plots at the end")
+    p.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)  # set for the workers --workers starts
+    p.set_defaults(run=_dispatch("spritegen.sweeps.study:run_main"))
+    p = sweep.add_parser("best", help="print the best trial (or the Pareto front) and the failed/pruned ones with reasons")
+    common(p)
+    p.set_defaults(run=_dispatch("spritegen.sweeps.study:best_main"))
+    p = sweep.add_parser("plots", help="write the study's plots (PNG) into OUT/plots")
+    common(p)
+    p.set_defaults(run=_dispatch("spritegen.sweeps.study:plots_main"))
+    p = sweep.add_parser("apply", help="write a trial's params (default: the best) into params.yaml, validated first")
+    common(p)
+    p.add_argument("trial", nargs="?", type=int, default=None, help="trial number (default: the best)")
+    p.set_defaults(run=_dispatch("spritegen.sweeps.study:apply_main"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spritegen", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -252,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_commands(sub)
     _sampling_commands(sub)
     _evaluation_commands(sub)
+    _sweep_commands(sub)
     return parser
 
 

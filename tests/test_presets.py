@@ -107,7 +107,7 @@ def test_the_shipped_kinds_names_and_modes():
                  "model_balanced_high_quality", "cvae_seed"):
         assert kinds[name] == "model"
     assert {n for n, k in kinds.items() if k == "dataset"} == {"dataset_tiny", "dataset_small", "dataset_full"}
-    assert {n for n, k in kinds.items() if k == "profile"} == {"default", "ci", "gpu", "tiny"}
+    assert {n for n, k in kinds.items() if k == "profile"} == {"default", "ci", "gpu", "tiny", "sweep"}
     # a mode is made of parts, at most one of each kind (resume_fix keeps the trained model's architecture)
     for name, preset in PRESET_FILES.items():
         if preset.kind == "mode":

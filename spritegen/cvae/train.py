@@ -12,10 +12,12 @@ active units (dimensions whose posterior mean varies across sprites: Cov_x E[z_u
 
 from __future__ import annotations
 
+import functools
 import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -61,8 +63,14 @@ def main(args) -> int:
 
 def train_cvae(cfgs: dict, data_dir: Path, out_dir: Path, text_dir: Path = Path("models/text"), *, resume: bool = False,
                fresh: bool = False, allow_param_changes: bool = False, stop_after: int | None = None,
-               live_dir: Path | None = None, progress: bool | None = None) -> dict:
-    """Train the CVAE on the prepared data; returns the final metrics."""
+               live_dir: Path | None = None, progress: bool | None = None, on_epoch: Callable | None = None) -> dict:
+    """Train the CVAE on the prepared data; returns the final metrics.
+
+    ``on_epoch(epoch, metrics, generate)``, when given, is called after each epoch's state is saved, with
+    ``generate(prompts, seeds, temperature, batch_size)`` drawing from the model as it is then (the
+    published bundle's own ``generate_images``). It is how a sweep trial (spritegen/sweeps) scores and
+    prunes a run of this same loop; it reads and may raise (the saved state stays resumable), it never
+    steers the loop."""
     from spritegen.params import select
     from spritegen.runlog import log_run
 
@@ -151,6 +159,8 @@ def train_cvae(cfgs: dict, data_dir: Path, out_dir: Path, text_dir: Path = Path(
             save_run_state(root, weights_now, opt_state(opt, names),
                            {"epoch": epoch, "step": step, "guard": guard.state(), "early": early.state(),
                             "history": log.history, "params": params})
+            if on_epoch is not None:
+                on_epoch(epoch, metrics, functools.partial(generate_images, model, text))
             if early.stop:
                 log.say(f"cvae: early stop after epoch {epoch}: no better val/loss for {run.patience} epochs")
                 break

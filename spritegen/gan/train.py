@@ -16,11 +16,13 @@ warning; ``gan.collapse_patience`` stops a run that stays collapsed, and best/ i
 
 from __future__ import annotations
 
+import functools
 import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -72,8 +74,14 @@ def main(args) -> int:
 
 def train_gan(cfgs: dict, data_dir: Path, out_dir: Path, text_dir: Path = Path("models/text"), *, resume: bool = False,
               fresh: bool = False, allow_param_changes: bool = False, stop_after: int | None = None,
-              live_dir: Path | None = None, progress: bool | None = None) -> dict:
-    """Train the GAN on the prepared data; returns the final metrics."""
+              live_dir: Path | None = None, progress: bool | None = None, on_epoch: Callable | None = None) -> dict:
+    """Train the GAN on the prepared data; returns the final metrics.
+
+    ``on_epoch(epoch, metrics, generate)``, when given, is called after each epoch's state is saved, with
+    ``generate(prompts, seeds, temperature, batch_size)`` drawing from the generator as it is then (the
+    published bundle's own ``generate_images``). It is how a sweep trial (spritegen/sweeps) scores and
+    prunes a run of this same loop; it reads and may raise (the saved state stays resumable), it never
+    steers the loop."""
     from spritegen.params import select
     from spritegen.runlog import log_run
 
@@ -171,6 +179,8 @@ def train_gan(cfgs: dict, data_dir: Path, out_dir: Path, text_dir: Path = Path("
             save_run_state(root, weights_now, nets.opt_state(),
                            {"epoch": epoch, "step": step, "guards": {n: gd.state() for n, gd in nets.guards.items()},
                             "watch": watch, "history": log.history, "params": params})
+            if on_epoch is not None:
+                on_epoch(epoch, metrics, functools.partial(generate_images, G, text))
             if watch["stopped"]:
                 log.say(f"gan: stopped after epoch {epoch}: collapsed for {watch['streak']} epochs in a row "
                         f"(gan.collapse_patience); best/ is epoch {watch['last_healthy']}, the last healthy one")
