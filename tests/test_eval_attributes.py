@@ -10,8 +10,8 @@ import torch
 from spritegen.data.synthetic import make_sprites
 from spritegen.data.vocab import COLOUR_NAMES, TYPES
 from spritegen.evaluate.attributes import (
-    CLASSES, N_PIXEL_FEATURES, class_report, pixel_feature_matrix, record_label, save_confusion_plot,
-    train_classifiers,
+    CLASSES, N_PIXEL_FEATURES, class_report, fit_probe, out_of_fold_logits, pixel_feature_matrix, record_label,
+    save_confusion_plot, species_folds, train_classifiers,
 )
 
 INPUTS = {"type": "pixels+evaluator", "colour": "pixels"}
@@ -76,3 +76,31 @@ def test_report_rows_sum_to_class_counts(tmp_path):
     assert rep["acc"] == pytest.approx((true == pred).mean())
     save_confusion_plot({"x": rep, "y": rep, "z": rep}, tmp_path / "c.png")
     assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_species_folds_keep_each_species_in_one_fold():
+    groups = np.array([7, 3, 7, 1, 9, 3, 4, 1, 8, 2, 7])  # 7 species, some with several sprites (forms)
+    fold = species_folds(groups, 3)
+    assert all(len(set(fold[groups == g])) == 1 for g in np.unique(groups))
+    assert set(fold.tolist()) == {0, 1, 2}  # the sorted species dealt round-robin: 3, 2, 2 per fold
+    assert np.array_equal(fold, species_folds(groups, 3))  # no random draw
+    assert fold[groups == 1][0] == 0 and fold[groups == 2][0] == 1 and fold[groups == 9][0] == 0
+
+
+def test_out_of_fold_logits_never_see_their_own_fold(synthetic):
+    """A row's logits come from a probe that never saw its fold: relabelling fold 0 leaves fold 0's
+    logits as they were (a leak would move them) and moves the other folds'."""
+    (x_tr, r_tr), _, _ = synthetic
+    x = pixel_feature_matrix(x_tr)
+    y = np.array([record_label(r, "type") for r in r_tr])
+    groups = np.array([r.dex for r in r_tr])
+    args = (CLASSES["type"], "pixels", 0.04, 50)
+    logits = out_of_fold_logits(x, y, groups, *args, k=4)
+    fold0 = species_folds(groups, 4) == 0
+    direct = fit_probe(x[~fold0], y[~fold0], *args).logits(x[fold0]).numpy()
+    assert logits.shape == (len(y), len(TYPES)) and np.array_equal(logits[fold0], direct)
+    y2 = y.copy()
+    y2[fold0] = (y[fold0] + 1) % len(TYPES)
+    relabelled = out_of_fold_logits(x, y2, groups, *args, k=4)
+    assert np.array_equal(relabelled[fold0], logits[fold0])
+    assert not np.allclose(relabelled[~fold0], logits[~fold0])
