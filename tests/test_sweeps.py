@@ -269,9 +269,11 @@ def postgres():
     # initdb refuses to run as root: run the server as the postgres user then
     prefix = []
     if os.geteuid() == 0:
-        if shutil.which("runuser") is None:
+        # runuser lives in sbin, which a plain user's PATH (and `env -i` CI) may not hold
+        runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")
+        if runuser is None:
             pytest.skip("running as root without runuser: cannot start PostgreSQL as another user")
-        prefix = ["runuser", "-u", "postgres", "--"]
+        prefix = [runuser, "-u", "postgres", "--"]
     import tempfile
 
     # outside pytest's tmp_path, whose parents only root may enter; removed at the end
