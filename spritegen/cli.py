@@ -19,6 +19,7 @@ so ``spritegen --help`` stays fast and each procedure keeps a single entry point
     spritegen preset list | show NAME | apply NAME [--exp]   # named presets (spritegen/presets/)
     spritegen sweep run SWEEP.yaml [--study S] [--trials N] [--storage URL] [--workers K]   # Optuna (docs/sweeps.md)
     spritegen sweep best | plots | apply [TRIAL]  SWEEP.yaml [--study S]
+    spritegen serve [--host H --allow-remote] [--port P] [--family ldm cvae gan]   # API + web page (docs/serve.md)
 """
 
 from __future__ import annotations
@@ -149,6 +150,15 @@ def _train_commands(sub) -> None:
 
 def _sampling_commands(sub) -> None:
     """Sampling."""
+    p = sub.add_parser("serve", help="the generation API and its web page (FastAPI + uvicorn; docs/serve.md)")
+    _params_args(p)
+    p.add_argument("--host", default=None, help="bind address (default: serve.host, 127.0.0.1); another needs --allow-remote")
+    p.add_argument("--port", type=int, default=None, help="port (default: serve.port)")
+    p.add_argument("--family", nargs="+", default=None, help="families to offer (default: serve.families)")
+    p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host (prints a warning)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(run=_dispatch("spritegen.serve.app:main"))
+
     p = sub.add_parser("sample", help="sample a PNG grid: one row of --n images per prompt")
     _params_args(p)
     p.add_argument("prompt", nargs="+", help="one or more prompts (quote each)")

@@ -20,7 +20,8 @@ class Generator(Protocol):
     family: str
     resolution: int
 
-    def generate(self, prompts: list[str], seeds: list[int]) -> torch.Tensor: ...  # (N, 3, R, R) uint8
+    # (N, 3, R, R) uint8; on_preview(step, steps, images or None): intermediate images (the server's stream)
+    def generate(self, prompts: list[str], seeds: list[int], on_preview=None) -> torch.Tensor: ...
 
 
 def _load_ldm(model_dir: Path, device: str = "auto", temperature: float = 1.0, **sampling) -> Generator:

@@ -34,6 +34,7 @@ SECTIONS: dict[str, str] = {
     "evaluator": "spritegen.evaluate.evaluator:EvaluatorConfig",
     "evaluate": "spritegen.evaluate.suite:EvaluateConfig",
     "gate": "spritegen.evaluate.gate:GateConfig",
+    "serve": "spritegen.serve.config:ServeConfig",
 }
 
 

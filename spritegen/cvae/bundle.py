@@ -44,9 +44,10 @@ def load_bundle(folder: str | Path) -> tuple[CVAE, TextEncoder, dict]:
 
 @torch.no_grad()
 def generate_images(model: CVAE, text: TextEncoder, prompts: list[str], seeds: list[int], temperature: float = 1.0,
-                    batch_size: int = 64) -> torch.Tensor:
+                    batch_size: int = 64, on_preview=None) -> torch.Tensor:
     """(N, 3, R, R) uint8: prompts[i] decoded from z drawn with seeds[i] (a CPU generator per image, so a
-    sprite never depends on its batch)."""
+    sprite never depends on its batch). ``on_preview(1, 2, images)`` first sees each chunk's prior-mean
+    decode (z = 0: the conditional average sprite), which the sample then refines; it changes nothing."""
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     device = next(model.parameters()).device
@@ -59,6 +60,8 @@ def generate_images(model: CVAE, text: TextEncoder, prompts: list[str], seeds: l
         states, mask = text(p)
         c = model.condition(TextEncoder.pool(states, mask), attrs)
         z = torch.stack([torch.randn(model.cfg.latent_dim, generator=torch.Generator().manual_seed(int(seed))) for seed in s])
+        if on_preview is not None:
+            on_preview(1, 2, to_uint8(model.decode(torch.zeros_like(z).to(device), c).float().cpu()))
         out.append(to_uint8(model.decode(temperature * z.to(device), c).float().cpu()))
     model.train(was)
     return torch.cat(out)
@@ -80,5 +83,5 @@ class CVAEGenerator:
         model, text, _ = load_bundle(model_dir)
         return cls(model, text, pick_device(device), temperature, batch_size)
 
-    def generate(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
-        return generate_images(self.model, self.text, prompts, seeds, self.temperature, self.batch_size)
+    def generate(self, prompts: list[str], seeds: list[int], on_preview=None) -> torch.Tensor:
+        return generate_images(self.model, self.text, prompts, seeds, self.temperature, self.batch_size, on_preview)

@@ -91,5 +91,9 @@ class GANGenerator:
         generator, text, _ = load_bundle(model_dir)
         return cls(generator, text, pick_device(device), temperature, batch_size)
 
-    def generate(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
-        return generate_images(self.generator, self.text, prompts, seeds, self.temperature, self.batch_size)
+    def generate(self, prompts: list[str], seeds: list[int], on_preview=None) -> torch.Tensor:
+        """``on_preview(1, 1, images)``: the GAN's one step is its output (the stream's single preview)."""
+        images = generate_images(self.generator, self.text, prompts, seeds, self.temperature, self.batch_size)
+        if on_preview is not None:
+            on_preview(1, 1, images)
+        return images

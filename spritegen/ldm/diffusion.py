@@ -153,10 +153,12 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B, C, h
 
 @torch.no_grad()
 def sample(denoise: Denoiser, shape: tuple[int, ...], generators: list[torch.Generator], sampler: str, steps: int,
-           cfg: UNetConfig, clip: float, device: torch.device | str = "cpu") -> torch.Tensor:
+           cfg: UNetConfig, clip: float, device: torch.device | str = "cpu",
+           on_step: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Run ``sampler`` for ``steps`` steps from pure noise. ``shape`` is one latent's (C, h, w);
     ``generators[i]`` draws all of image i's randomness (initial noise and the stochastic samplers'
-    per-step noise)."""
+    per-step noise). ``on_step(i, steps, x0)`` sees step i's clipped x_0 prediction (the server's previews;
+    it may raise to stop the work) and changes nothing in the result."""
     scheduler = make_sampler(sampler, cfg, clip)
     scheduler.set_timesteps(steps, device=device)
     x = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)  # (B, C, h, w)
@@ -164,9 +166,11 @@ def sample(denoise: Denoiser, shape: tuple[int, ...], generators: list[torch.Gen
     process = NoiseSchedule(cfg)
     # a list of generators: diffusers draws the per-step noise of image i from generators[i]
     step_kwargs = {"generator": generators} if sampler in STOCHASTIC else {}
-    for t in scheduler.timesteps:
+    for i, t in enumerate(scheduler.timesteps):
         t_batch = torch.full((len(x),), int(t), device=device, dtype=torch.long)
         pred = process.clip_prediction(denoise(scheduler.scale_model_input(x, t), t_batch), x, t_batch, clip)
+        if on_step is not None:
+            on_step(i, len(scheduler.timesteps), process.predict_x0(x, pred, t_batch))
         x = scheduler.step(pred, t, x, **step_kwargs).prev_sample
     return x
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -21,6 +22,8 @@ from spritegen.ldm.diffusion import guided, sample
 from spritegen.ldm.models import LDM, load_bundle
 from spritegen.ldm.vae import decode
 from spritegen.runtime import pick_device
+
+Preview = Callable[[int, int, "torch.Tensor | None"], None]  # (step, steps, uint8 images or None)
 
 FIXED_PROMPTS = (
     "a red fire type pokemon", "a blue water type pokemon", "a green grass type pokemon",
@@ -40,8 +43,13 @@ def ema_unet(ldm: LDM) -> torch.nn.Module:
 
 @torch.no_grad()
 def generate_images(ldm: LDM, unet: torch.nn.Module, prompts: list[str], seeds: list[int], sampler: str = "ddim",
-                    steps: int = 20, guidance: float = 3.0, batch_size: int = 32) -> torch.Tensor:
-    """(N, 3, R, R) uint8 for prompts[i] with seeds[i]."""
+                    steps: int = 20, guidance: float = 3.0, batch_size: int = 32, on_preview: Preview | None = None,
+                    preview_every: int = 5) -> torch.Tensor:
+    """(N, 3, R, R) uint8 for prompts[i] with seeds[i].
+
+    ``on_preview(step, steps, images)`` is called after every denoising step of every chunk; every
+    ``preview_every`` steps ``images`` is the chunk's current x_0 prediction decoded (uint8), else None.
+    It may raise to stop the work (the server's cancelled requests); it never changes the result."""
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     device = next(unet.parameters()).device
@@ -53,8 +61,14 @@ def generate_images(ldm: LDM, unet: torch.nn.Module, prompts: list[str], seeds: 
         cond, cond_mask = text(p)  # (B, L, D), (B, L)
         uncond, uncond_mask = text([""] * len(p))
         generators = [torch.Generator().manual_seed(int(seed)) for seed in s]
+
+        def on_step(i: int, n: int, x0: torch.Tensor, cond=cond, cond_mask=cond_mask) -> None:
+            due = (i + 1) % preview_every == 0 and i + 1 < n  # the last step's x_0 is the result itself
+            on_preview(i + 1, n, to_uint8(decode(ldm.vae, x0 / ldm.latent_scale, cond, cond_mask).float().cpu()) if due else None)
+
         z = sample(guided(unet, cond, cond_mask, uncond, uncond_mask, guidance), ldm.latent_shape, generators,
-                   sampler, steps, ldm.unet_cfg, clip, device)  # (B, C, h, w), unit-variance latents
+                   sampler, steps, ldm.unet_cfg, clip, device,
+                   on_step if on_preview else None)  # (B, C, h, w), unit-variance latents
         # a text-conditioned decoder reads the prompt's own states (not the empty prompt's)
         x = decode(ldm.vae, z / ldm.latent_scale, cond, cond_mask)  # (B, 3, R, R) in ~[-1, 1]
         out.append(to_uint8(x.float().cpu()))
@@ -65,6 +79,7 @@ class LDMGenerator:
     """The ``ldm`` family behind spritegen.generators' interface."""
 
     family = "ldm"
+    preview_every = 5  # on_preview gets decoded images every this many steps (the server's stream)
 
     def __init__(self, ldm: LDM, device: torch.device, sampler: str = "dpm++sde", steps: int = 25, guidance: float = 3.0,
                  batch_size: int = 32):
@@ -86,5 +101,6 @@ class LDMGenerator:
             raise UserError(f"{model_dir} has no U-Net/VAE: point at the unet or finetune stage output")
         return cls(ldm, pick_device(device), **sampling)
 
-    def generate(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
-        return generate_images(self.ldm, self.unet, prompts, seeds, self.sampler, self.steps, self.guidance, self.batch_size)
+    def generate(self, prompts: list[str], seeds: list[int], on_preview: Preview | None = None) -> torch.Tensor:
+        return generate_images(self.ldm, self.unet, prompts, seeds, self.sampler, self.steps, self.guidance, self.batch_size,
+                               on_preview, self.preview_every)
