@@ -193,7 +193,7 @@ async function loadExperiments() {
   const select = $("#experiment");
   const chosen = select.value;
   select.replaceChildren(el("option", { value: "workspace" }, "workspace"),
-    ...runs.map((r) => el("option", { value: r.name }, r.label === r.name ? r.name : `${r.name} (${r.label})`)));
+    ...runs.map((r) => el("option", { value: r.name }, r.label.includes(r.name) ? r.label : `${r.name} (${r.label})`)));
   select.value = runs.some((r) => r.name === chosen) ? chosen : "workspace";
 
   const boxes = $("#live-experiments");
@@ -220,8 +220,12 @@ function renderMetrics(x) {
     const heads = x.runs.map((r) => el("th", { scope: "col" }, r.label + (r.label === x.reference ? " (ref)" : "")));
     table.append(el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "family"), el("th", { scope: "col" }, "metric"), ...heads)));
     const arrow = { lower: " ↓", higher: " ↑" };
-    table.append(el("tbody", {}, ...x.rows.map((row) => el("tr", {},
-      el("td", {}, row.family), el("td", {}, row.metric + (arrow[row.direction] || "")),
+    // rows come grouped by family: its name spans its group, so the metrics read as one block each
+    const span = {};
+    for (const row of x.rows) span[row.family] = (span[row.family] || 0) + 1;
+    table.append(el("tbody", {}, ...x.rows.map((row, i) => el("tr", { class: i && x.rows[i - 1].family !== row.family ? "group" : "" },
+      i && x.rows[i - 1].family === row.family ? null : el("th", { scope: "rowgroup", rowSpan: span[row.family] }, row.family),
+      el("td", {}, row.metric + (arrow[row.direction] || "")),
       ...row.cells.map((c) => el("td", { class: `num ${c && c.mark ? c.mark : ""}` }, cellText(c)))))));
   }
   const params = $("#params");
@@ -244,12 +248,14 @@ function renderGrids(x) {
       const fig = el("figure", {}, el("figcaption", {}, family));
       imageSrc(url).then((src) => {
         const img = el("img", { src, alt: `${run.label}: ${family} sample grid`, class: "grid pixel", loading: "lazy" });
-        img.addEventListener("error", () => img.replaceWith(el("p", { class: "muted" }, "no grid")));
-        fig.append(img);
+        const box = el("div", { class: "grid-box" }, img);
+        // a committed run's grid may not be in the local DVC cache: say so in place of the image
+        img.addEventListener("error", () => box.replaceWith(el("p", { class: "muted" }, "no grid here")));
+        fig.append(box);
       }).catch((e) => fig.append(el("p", { class: "muted" }, e.message)));
       return fig;
     });
-    box.append(el("div", { class: "run" }, el("h3", {}, run.label + (run.rev ? ` · ${run.rev.slice(0, 7)}` : "")), ...figures));
+    box.append(el("div", { class: "run" }, el("h3", {}, run.label + (run.kind !== "workspace" && run.rev ? ` · ${run.rev.slice(0, 7)}` : "")), ...figures));
   }
 }
 
