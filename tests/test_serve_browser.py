@@ -19,7 +19,8 @@ import pytest
 pytestmark = pytest.mark.slow
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs the playwright package (pip install -e '.[test]')")
-CHROMIUM = shutil.which("chromium")
+# Debian's chromium (.ci/run installs it); playwright's own browser download is not used (CI may be offline)
+CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 PNG = b"\x89PNG\r\n\x1a\n"
 PROMPT = "a red fire type pokemon"
 MAX_PROMPT = 60
@@ -73,6 +74,7 @@ def url(project):
 
 @pytest.fixture(scope="module")
 def browser():
+    sync_api.expect.set_options(timeout=30_000)  # expect's own 5 s default is short on a loaded 2-core machine
     if CHROMIUM is None:
         pytest.skip("the browser test needs chromium on PATH (Debian: apt-get install chromium)")
     with sync_api.sync_playwright() as p:
@@ -84,7 +86,7 @@ def browser():
 @pytest.fixture
 def page(browser):
     context = browser.new_context(accept_downloads=True, viewport={"width": 1200, "height": 900})
-    context.set_default_timeout(20_000)
+    context.set_default_timeout(30_000)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))  # an exception in app.js fails the test
@@ -198,7 +200,7 @@ def test_api_key_is_sent_as_a_header(browser, project):
     expect = sync_api.expect
     with serving(make_app(project, api_key=KEY)) as base:
         context = browser.new_context(accept_downloads=True)
-        context.set_default_timeout(20_000)
+        context.set_default_timeout(30_000)
         page = context.new_page()
         page.goto(base + "/")
         expect(page.locator("#api-key")).to_be_visible()
@@ -219,3 +221,33 @@ def test_api_key_is_sent_as_a_header(browser, project):
         assert info.value.suggested_filename == "spritegen-cvae-a-red-fire-type-pokemon-seed5.png"
         assert open(info.value.path(), "rb").read().startswith(PNG)
         context.close()
+
+
+def test_gallery_renders_a_metrics_table(page, url):
+    """A DVC project's table (stubbed: the tmp project is not one): value ±half-width, marks, params, grids."""
+    expect = sync_api.expect
+    runs = [{"name": "main", "label": "main (abc1234)", "rev": "abc1234def", "kind": "baseline", "families": ["cvae"],
+             "grids": {"cvae": "/api/v1/experiments/main/grid/cvae.png"}},
+            {"name": "lr2", "label": "lr2", "rev": "fed4321abc", "kind": "experiment", "families": ["cvae"],
+             "grids": {"cvae": "/api/v1/experiments/lr2/grid/cvae.png"}}]
+    table = {"reference": "main (abc1234)", "runs": runs, "params": [{"key": "cvae.lr", "values": ["0.001", "0.002"]}],
+             "notes": ["compared with main"],
+             "rows": [{"family": "cvae", "metric": "fd", "direction": "lower",
+                       "cells": [{"value": 0.5, "ci95": [0.4, 0.6], "mark": ""}, {"value": 0.25, "ci95": [0.2, 0.3], "mark": "better"}]},
+                      {"family": "cvae", "metric": "clip_score", "direction": "higher",
+                       "cells": [{"value": 0.7, "ci95": None, "mark": ""}, None]}]}
+    page.route("**/api/v1/experiments", lambda route: route.fulfill(json=table))
+    open_page(page, url)
+    expect(page.locator("#experiment option")).to_have_text(["workspace", "main (abc1234)", "lr2"])
+    page.click("#tab-gallery")
+    metrics = page.locator("#metrics")
+    expect(metrics.locator("thead th")).to_have_text(["family", "metric", "main (abc1234) (ref)", "lr2"])
+    expect(metrics.locator("tbody tr").nth(0).locator("td")).to_have_text(["fd ↓", "0.5 ±0.1", "0.25 ±0.05 ▲"])
+    expect(metrics.locator("tbody tr").nth(1).locator("td")).to_have_text(["clip_score ↑", "0.7", "—"])
+    expect(metrics.locator("td.better")).to_have_count(1)
+    expect(page.locator("#params tbody td")).to_have_text(["cvae.lr", "0.001", "0.002"])
+    expect(page.locator("#notes li")).to_have_text(["compared with main"])
+    # neither run is real here: the grid endpoint answers 404 and the page says so in place of the image
+    expect(page.locator("#grids .run h3")).to_have_text(["main (abc1234) · abc1234", "lr2 · fed4321"])
+    expect(page.locator("#grids p")).to_have_text(["no grid here"] * 2)
+    expect(page.locator("#live-experiments input")).to_have_count(3)
