@@ -120,8 +120,8 @@ def resolve(req: GenerateRequest, cfg: ServeConfig, defaults: dict[str, Any]) ->
         sampling = {"steps": steps, "guidance": guidance, "sampler": sampler}
     else:
         temperature = defaults["temperature"] if req.temperature is None else float(req.temperature)
-        if not 0 <= temperature <= 10:
-            raise ApiError(422, f"temperature must be between 0 and 10, got {temperature}", "temperature")
+        if not 0 <= temperature <= cfg.max_temperature:
+            raise ApiError(422, f"temperature must be between 0 and {cfg.max_temperature:g}, got {temperature}", "temperature")
         sampling = {"temperature": temperature}
     return Settings(prompt, req.family, req.experiment or WORKSPACE, req.num_samples, req.seed, sampling)
 
@@ -386,7 +386,7 @@ def create_app(cfg: ServeConfig, project: Path = Path("."), sample_defaults: dic
                 "running": server.slots.running if server.slots else 0,
                 "waiting": server.slots.waiting if server.slots else 0, **server.counts,
                 "limits": {"max_prompt_chars": cfg.max_prompt_chars, "max_samples": cfg.max_samples, "max_steps": cfg.max_steps,
-                           "max_guidance": cfg.max_guidance, "max_seed": cfg.max_seed - cfg.max_samples,
+                           "max_guidance": cfg.max_guidance, "max_temperature": cfg.max_temperature, "max_seed": cfg.max_seed - cfg.max_samples,
                            "max_concurrency": cfg.max_concurrency, "samplers": list(SAMPLERS)},
                 "defaults": {k: defaults[k] for k in ("sampler", "steps", "guidance", "temperature")},
                 "api_key_required": bool(api_key)}

@@ -31,6 +31,7 @@ class ServeConfig:
     max_samples: int = field(default=8, metadata={"ge": 1, "doc": "largest num_samples of one request"})
     max_steps: int = field(default=100, metadata={"ge": 1, "doc": "most sampler steps (ldm)"})
     max_guidance: float = field(default=20.0, metadata={"gt": 0, "doc": "largest classifier-free guidance (ldm); the smallest is 0"})
+    max_temperature: float = field(default=10.0, metadata={"gt": 0, "doc": "largest noise temperature (cvae, gan); the smallest is 0"})
     max_seed: int = field(default=2**31 - 1, metadata={"ge": 0, "doc": "largest seed"})
     max_concurrency: int = field(default=2, metadata={"ge": 1, "doc": "generations running at once (each on torch's threads)"})
     max_queue: int = field(default=8, metadata={"ge": 0, "doc": "requests allowed to wait for a slot; one more answers 429 with Retry-After"})

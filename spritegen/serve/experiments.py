@@ -39,17 +39,25 @@ class Experiments:
         return {r["name"]: r["rev"] for r in self.table()["runs"] if r["kind"] != "workspace"}
 
     def _read(self) -> dict[str, Any]:
-        from spritegen.evaluate.compare import build, exp_show
+        from spritegen.evaluate.compare import build, exp_show, runs_from_exp_show
         from spritegen.evaluate.gate import DEFAULT_METRICS
 
         try:
             data = exp_show(self.project)
-            runs, ref, rows, params, notes = build(data, [], None, None, self.metrics or DEFAULT_METRICS,
-                                                   repo=self.project)
-        except UserError as e:  # not a DVC project, no metrics yet: an empty table that says why
-            return {"runs": [], "rows": [], "params": [], "notes": [str(e)], "reference": None}
+            runs, notes = runs_from_exp_show(data)
+        except UserError as e:  # not a DVC project: the workspace alone (its grids), and why
+            from spritegen.evaluate.compare import Run
+
+            runs, notes, data = [Run(WORKSPACE, WORKSPACE, "workspace")], [str(e)], None
+        ref, rows, params = None, [], []
+        try:
+            if data is None:
+                raise UserError("no metrics without DVC: run the pipeline (`dvc repro`) in a DVC project")
+            runs, ref, rows, params, notes = build(data, [], None, None, self.metrics or DEFAULT_METRICS, repo=self.project)
+        except UserError as e:  # runs without metrics yet: still listed, so their models can be served
+            notes.append(str(e))
         return {
-            "reference": ref.label,
+            "reference": ref.label if ref else None,
             "runs": [{"name": r.name if r.kind != "workspace" else WORKSPACE, "label": r.label, "rev": r.rev,
                       "kind": r.kind, "families": sorted(r.families),
                       "grids": {f: f"/api/v1/experiments/{r.name if r.kind != 'workspace' else WORKSPACE}/grid/{f}.png"

@@ -155,7 +155,10 @@ class ModelStore:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:  # two first requests for one model: one loads, the other waits and reuses it
             if key not in self._loaded:
-                generator = load_generator(family, folder, device=self.device, **self.sampling)
+                try:
+                    generator = load_generator(family, folder, device=self.device, **self.sampling)
+                except UserError as e:  # a broken or foreign checkpoint: the server's problem, not the request's
+                    raise NotTrained(f"the {family} checkpoint cannot be loaded: {e}; retrain it: `{TRAIN_COMMAND[family]}`") from None
                 version = file_hash(weights_file(folder, family))
                 self._loaded[key] = Loaded(generator, family, experiment, version, folder)
             return self._loaded[key]
