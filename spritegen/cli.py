@@ -279,6 +279,8 @@ def _sweep_commands(sub) -> None:
     p.add_argument("--evaluator", type=Path, default=Path("models/evaluator"))
     p.add_argument("--ref-cache", type=Path, default=Path("reference"))
     p.add_argument("--no-plots", action="store_true", help="do not write the plots at the end")
+    p.add_argument("--dvc-exp", action=argparse.BooleanOptionalAction, default=None,
+                   help="save each completed trial as a DVC experiment (dvc exp show); default: on inside a git + DVC repository")
     p.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)  # set for the workers --workers starts
     p.set_defaults(run=_dispatch("spritegen.sweeps.study:run_main"))
     p = sweep.add_parser("best", help="print the best trial (or the Pareto front) and the failed/pruned ones with reasons")

@@ -9,7 +9,7 @@ Optuna study is one search space::
     description: one line
     studies:
       cvae:
-        family: cvae                      # cvae | gan | ldm (ldm: defined, not runnable yet)
+        family: cvae                      # cvae | gan | ldm
         description: one line
         params:                           # dotted params.yaml keys the family reads
           cvae.kl_weight: {low: 1.0, high: 128.0, log: true}
@@ -20,17 +20,24 @@ Optuna study is one search space::
         pruner: {type: median, n_startup_trials: 4, n_warmup_steps: 2}   # median | hyperband | none
         sampler: {type: tpe, seed: 0}
         preset: sweep                     # the profile every trial runs on (spritegen/presets/profile/sweep.yaml)
+        until: finetune                   # ldm only: the last stage a trial trains (vae: its reconstructions are scored)
+
+A per-phase value of ``strategy: custom`` is named by the phase's name: ``ldm.phases.<name>.lr.unet``,
+``ldm.phases.<name>.loss_weights.align``, ``ldm.phases.<name>.max_complexity`` (the phases themselves come
+from params.yaml or the study's ``fixed: {ldm.strategy: custom, ldm.phases: [...]}``).
 
 ``check_study`` refuses, naming the key: a param that does not exist or that the family does not read
 (it would be a silent no-op), a bad range (low >= high, log with low <= 0, an end outside the field's own
 bounds), a choice of the wrong type, an objective the evaluation does not produce or a direction against
 the metric's, a pruner on a multi-objective study (Optuna does not prune those) and a param that the
-budget also sets.
+budget also sets; for ldm, a key no stage up to ``until`` reads and a phase name ``ldm.phases`` lacks.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +55,10 @@ FAMILY_SECTIONS: dict[str, tuple[str, ...]] = {
     "gan": ("train", "gan", "sample", "evaluate"),
     "ldm": ("train", "text", "vae", "unet", "ldm", "sample", "evaluate"),
 }
-RUNNABLE = ("cvae", "gan")  # ldm: its stages chain three trainers; not wired into a trial yet (docs/sweeps.md)
+RUNNABLE = ("cvae", "gan", "ldm")
+LDM_STAGES = ("vae", "unet", "finetune")  # the ldm DVC stages, in order; each starts from the previous one's output
+# ``ldm.phases.<phase name>.<field>...``: a value of one phase of ``strategy: custom`` (a list in params.yaml)
+PHASE_KEY = re.compile(r"^ldm\.phases\.([^.\[\]]+)\.(.+)$")
 
 
 @dataclass
@@ -95,8 +105,22 @@ class StudySpec:
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     preset: str | None = field(default="sweep", metadata={"doc": "preset every trial runs on (--preset overrides)"})
+    until: Literal["vae", "unet", "finetune"] = field(default="finetune", metadata={"doc": "ldm: the last stage a trial trains (from vae on, each starting from the previous one's output, as dvc repro chains them); vae scores the VAE's reconstructions of the prompt set's sprites (the ldm_vae evaluation), unet/finetune score samples in the unet and finetune stages"})
+
+    def stages(self) -> tuple[str, ...]:
+        """ldm: the stages a trial trains, in order."""
+        return LDM_STAGES[: LDM_STAGES.index(self.until) + 1]
+
+    def scored_stages(self) -> tuple[str, ...]:
+        """ldm: the stages whose epochs are scored (samples need the U-Net; the vae stage alone: reconstructions)."""
+        return ("vae",) if self.until == "vae" else tuple(s for s in self.stages() if s != "vae")
 
     def validate(self) -> None:
+        if self.family == "ldm" and self.budget.epochs is not None:
+            raise ConfigError("budget.epochs: the ldm family has no single epoch count; set the stages' lengths with "
+                              "ldm.stage_epochs.* (or the phases of strategy: custom) in fixed")
+        if self.family != "ldm" and self.until != "finetune":
+            raise ConfigError(f"until: only the ldm family has stages; the {self.family} family trains one loop")
         if not self.params:
             raise ConfigError("params: name at least one param to search")
         if not self.objectives:
@@ -154,10 +178,38 @@ def nested(dotted: str, value: Any) -> dict:
 
 
 def with_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
-    """``raw`` params with dotted-key overrides put on top."""
+    """``raw`` params with dotted-key overrides put on top, in order (so ``fixed``'s ``ldm.phases`` list is in
+    place before a ``ldm.phases.<name>...`` key changes one of its phases)."""
     for key, value in overrides.items():
-        raw = deep_merge(raw, nested(key, value))
+        raw = set_key(raw, key, value)
     return raw
+
+
+def as_params(base_raw: dict, overrides: dict[str, Any]) -> dict:
+    """``overrides`` in params.yaml's shape (what a trial records); a per-phase key becomes the whole
+    ``ldm.phases`` list it changes, since a list has no keys to nest under."""
+    plain = {k: v for k, v in overrides.items() if not PHASE_KEY.match(k)}
+    if len(plain) < len(overrides):
+        plain["ldm.phases"] = with_overrides(base_raw, overrides)["ldm"]["phases"]
+    return with_overrides({}, plain)
+
+
+def set_key(raw: dict, key: str, value: Any) -> dict:
+    """``raw`` with one dotted key set. ``ldm.phases.<name>.<rest>`` sets ``<rest>`` in the phase of
+    ``ldm.phases`` called ``<name>`` (a list has no keys of its own; its phases have unique names)."""
+    m = PHASE_KEY.match(key)
+    if m is None:
+        return deep_merge(raw, nested(key, value))
+    name, rest = m.groups()
+    phases = copy.deepcopy((raw.get("ldm") or {}).get("phases") or [])
+    found = [i for i, p in enumerate(phases) if isinstance(p, dict) and p.get("name") == name]
+    if len(found) != 1:
+        names = [p.get("name") for p in phases if isinstance(p, dict)]
+        what = "no phase" if not found else f"{len(found)} phases"
+        raise ConfigError(f"{key}: {what} named {name!r} in ldm.phases (its phases: {names}); per-phase keys name a "
+                          "phase of strategy: custom, given in params.yaml or the study's fixed ldm.phases")
+    phases[found[0]] = deep_merge(phases[found[0]], nested(rest, value))
+    return deep_merge(raw, {"ldm": {"phases": phases}})
 
 
 def field_type(key: str) -> Any:
@@ -171,13 +223,35 @@ def field_type(key: str) -> Any:
     if not path:
         raise ConfigError(f"{key}: name a field of the section, not the whole section")
     for i, part in enumerate(path):
+        here = ".".join([section, *path[:i]])
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin is list and args and dataclasses.is_dataclass(args[0]) and "name" in typing.get_type_hints(args[0]):
+            tp = args[0]  # a list of named items (ldm.phases): the part names one; set_key checks that it exists
+            continue
+        if origin is dict and args:
+            tp = args[1]  # a mapping (a phase's lr, grad_clip, loss_weights): the part is its key, checked on validation
+            continue
         if not dataclasses.is_dataclass(tp):
-            raise ConfigError(f"{key}: {'.'.join([section, *path[:i]])} has no fields")
+            raise ConfigError(f"{key}: {here} has no fields")
         hints = typing.get_type_hints(tp)
         if part not in hints:
-            raise ConfigError(f"{key}: no such param; {'.'.join([section, *path[:i]])} has {sorted(hints)}")
+            raise ConfigError(f"{key}: no such param; {here} has {sorted(hints)}")
         tp = hints[part]
     return tp
+
+
+def read_keys(spec: StudySpec) -> tuple[str, ...]:
+    """The dotted params a trial of the study reads: whole sections for cvae/gan; for ldm the keys of each
+    stage it trains (spritegen/ldm/train.py PARAMS, which dvc.yaml mirrors), and the sample/evaluate sections."""
+    if spec.family != "ldm":
+        return FAMILY_SECTIONS[spec.family]
+    from spritegen.ldm.train import PARAMS
+
+    return tuple(dict.fromkeys(k for stage in spec.stages() for k in PARAMS[stage])) + ("sample", "evaluate")
+
+
+def reads(key: str, keys: tuple[str, ...]) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in keys)
 
 
 def check_study(spec: StudySpec, base_raw: dict, where: str) -> None:
@@ -186,6 +260,7 @@ def check_study(spec: StudySpec, base_raw: dict, where: str) -> None:
     from spritegen.params import validate_sections
 
     sections = FAMILY_SECTIONS[spec.family]
+    read = read_keys(spec)
     epochs_key = f"{spec.family}.epochs" if spec.family != "ldm" else None
     budget_keys = {epochs_key} if spec.budget.epochs and epochs_key else set()
 
@@ -204,6 +279,18 @@ def check_study(spec: StudySpec, base_raw: dict, where: str) -> None:
             field_type(key)
         except ConfigError as e:
             raise ConfigError(f"{where}.{kind}.{e}") from None
+        if not reads(key, read):
+            raise ConfigError(f"{where}.{kind}.{key}: no stage up to until: {spec.until} reads it (they read {list(read)})")
+        if PHASE_KEY.match(key) and kind == "params":
+            try:
+                raw = with_overrides(with_overrides(base_raw, spec.fixed), {key: None})
+            except ConfigError as e:
+                raise ConfigError(f"{where}.params.{e}") from None
+            name = PHASE_KEY.match(key).group(1)
+            stage = next(p.get("stage") for p in raw["ldm"]["phases"] if p.get("name") == name)
+            if stage not in spec.stages():
+                raise ConfigError(f"{where}.params.{key}: no stage up to until: {spec.until} reads it (phase {name!r} "
+                                  f"runs in the {stage} stage)")
         if key in budget_keys:
             raise ConfigError(f"{where}.{kind}.{key}: budget.epochs sets it; search the budget with the pruner instead")
     both = sorted(set(spec.params) & set(spec.fixed))

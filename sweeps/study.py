@@ -32,7 +32,7 @@ from pathlib import Path
 from spritegen.config import ConfigError, deep_merge
 from spritegen.errors import UserError
 from spritegen.sweeps.definition import FAMILY_SECTIONS, RUNNABLE, StudySpec, load_and_check, with_overrides
-from spritegen.sweeps.trial import Inputs, Scoring, run_trial
+from spritegen.sweeps.trial import Inputs, Scoring, run_trial, total_epochs, trial_overrides
 
 DEFAULT_OUT = Path("sweeps_out")
 HEARTBEAT_S, GRACE_S = 10, 60  # database storage: a trial silent for a minute has lost its worker
@@ -165,8 +165,9 @@ def count_lock(folder: Path, journal: bool):
 
 
 def run_worker(spec: StudySpec, name: str, base_raw: dict, inputs: Inputs, out: Path, storage_url: str | None,
-               n_trials: int, say=print) -> int:
-    """Run trials until the study holds ``n_trials`` counted ones; returns how many this worker ran."""
+               n_trials: int, say=print, dvc_repo: Path | None = None) -> int:
+    """Run trials until the study holds ``n_trials`` counted ones; returns how many this worker ran.
+    ``dvc_repo``: save each completed trial as a DVC experiment of that repository (sweeps/record.py)."""
     import optuna
     from optuna.trial import TrialState
 
@@ -175,9 +176,8 @@ def run_worker(spec: StudySpec, name: str, base_raw: dict, inputs: Inputs, out: 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     journal = not (storage_url and "://" in storage_url)
     storage = open_storage(storage_url, out)
-    cfgs0 = validate_sections(with_overrides(base_raw, {**spec.fixed, **({f"{spec.family}.epochs": spec.budget.epochs} if spec.budget.epochs else {})}),
-                              FAMILY_SECTIONS[spec.family])
-    study = open_study(spec, name, storage, cfgs0[spec.family].epochs)
+    cfgs0 = validate_sections(with_overrides(base_raw, trial_overrides(spec, {})), FAMILY_SECTIONS[spec.family])
+    study = open_study(spec, name, storage, total_epochs(spec, cfgs0))
     cache: dict = {}
 
     def scoring(cfgs) -> Scoring:  # one per process: the evaluation params are the same in every trial
@@ -203,9 +203,33 @@ def run_worker(spec: StudySpec, name: str, base_raw: dict, inputs: Inputs, out: 
         reason = trial.user_attrs.get("reason")
         say(f"trial {trial.number}: {state.name.lower()}" + (f" ({reason})" if reason else "") +
             (f" -> {values}" if values is not None else ""))
+        if dvc_repo is not None and state == TrialState.COMPLETE:
+            save_experiment(study, trial, spec, base_raw, out, dvc_repo, say)
     if running:
         say(f"{running} trial(s) still running in other workers")
     return ran
+
+
+def save_experiment(study, trial, spec: StudySpec, base_raw: dict, out: Path, root: Path, say) -> None:
+    """A completed (and told) trial as a DVC experiment, so the plots saved with it include it. The
+    experiment's name, or why it could not be saved, goes into the trial's trial.json and, on failure,
+    the study's ``dvc_exp_error_NNNN`` user attribute (a finished trial's own attributes are frozen); the
+    trial stays complete: its model and values are in the study whatever DVC does."""
+    from spritegen.sweeps.definition import as_params
+    from spritegen.sweeps.record import record_trial
+
+    path = out / "trials" / f"{trial.number:04d}" / "trial.json"
+    row = json.loads(path.read_text())
+    params = as_params(base_raw, trial_overrides(spec, trial.params))
+    try:
+        row["dvc_exp"] = record_trial(root, study.study_name, trial.number, params, row["metrics"] or {},
+                                      plots=lambda folder: write_plots(study, folder))
+        say(f"trial {trial.number}: saved as DVC experiment {row['dvc_exp']} (dvc exp show)")
+    except Exception as e:  # noqa: BLE001 - DVC raises many kinds; the reason is kept
+        row["dvc_exp_error"] = f"{type(e).__name__}: {e}"
+        study.set_user_attr(f"dvc_exp_error_{trial.number:04d}", row["dvc_exp_error"])
+        say(f"trial {trial.number}: NOT saved as a DVC experiment: {row['dvc_exp_error']}")
+    path.write_text(json.dumps(row, indent=1, sort_keys=True, default=float))
 
 
 def _run_one(study, trial, spec, base_raw, inputs, out, scoring, say):
@@ -259,8 +283,10 @@ def run_main(args) -> int:
             raise UserError(f"{p} missing: the trials read the pipeline's outputs (dvc repro text evaluator reference)")
     out.mkdir(parents=True, exist_ok=True)
     name = study_name(path, sname)
+    dvc_repo = dvc_workspace(args.dvc_exp)
     print(f"study {name}: {n_trials} trials of {spec.family}, objectives {spec.objectives}, storage "
-          f"{args.storage or out / 'journal.log'}, {args.workers} worker(s)", flush=True)
+          f"{args.storage or out / 'journal.log'}, {args.workers} worker(s), DVC experiments "
+          f"{'in ' + str(dvc_repo) if dvc_repo else 'off'}", flush=True)
     children = []
     for _ in range(args.workers - 1):
         cmd = [sys.executable, "-m", "spritegen", "sweep", "run", str(path), "--study", sname, "--trials", str(n_trials),
@@ -270,11 +296,12 @@ def run_main(args) -> int:
         cmd += ["--storage", args.storage] if args.storage else []
         cmd += ["--params", str(args.params)] if args.params else []
         cmd += ["--preset", args.preset] if args.preset else []
+        cmd += ["--dvc-exp" if dvc_repo else "--no-dvc-exp"]
         children.append(subprocess.Popen(cmd))
     if args.threads:
         base = deep_merge(base, {"train": {"threads": args.threads}})
     try:
-        ran = run_worker(spec, name, base, inputs, out, args.storage, n_trials)
+        ran = run_worker(spec, name, base, inputs, out, args.storage, n_trials, dvc_repo=dvc_repo)
     except KeyboardInterrupt:
         print(f"interrupted: the running trial is queued again; run the same command to continue {name}", file=sys.stderr)
         return 130
@@ -285,6 +312,19 @@ def run_main(args) -> int:
         write_plots(load_study(args.storage, out, name), out / "plots")
     print_best(load_study(args.storage, out, name))
     return 0 if all(c == 0 for c in codes) else 1
+
+
+def dvc_workspace(asked: bool | None) -> Path | None:
+    """The repository trials are saved into as DVC experiments: the working directory's git + DVC
+    repository by default (none outside one); ``--dvc-exp`` insists, ``--no-dvc-exp`` turns it off."""
+    from spritegen.sweeps.record import dvc_root
+
+    if asked is False:
+        return None
+    root = dvc_root(Path.cwd())
+    if asked and root is None:
+        raise UserError(f"--dvc-exp: {Path.cwd()} is not inside a git + DVC repository (git init; dvc init)")
+    return root
 
 
 def load_study(storage_url: str | None, out: Path, name: str):

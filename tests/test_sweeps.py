@@ -31,9 +31,9 @@ TINY_STUDY = {
 }
 
 
-def write_def(folder: Path, study: dict, name: str = "tiny") -> Path:
+def write_def(folder: Path, study: dict, name: str = "tiny", study_name: str = "cvae") -> Path:
     path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"description": "a test sweep", "studies": {"cvae": study}}))
+    path.write_text(yaml.safe_dump({"description": "a test sweep", "studies": {study_name: study}}))
     return path
 
 
@@ -91,10 +91,48 @@ def test_an_unknown_key_and_an_unknown_study_are_named(tmp_path):
         load_and_check(path, "gan", _preset_only)
 
 
-def test_an_ldm_study_is_refused_before_any_trial(tmp_path, capsys):
-    code = cli(["sweep", "run", "stage_schedule", "--study", "ldm", "--out", str(tmp_path / "s")])
-    assert code == 2 and "not supported yet" in capsys.readouterr().err
-    assert not (tmp_path / "s").exists()
+# strategy custom, two phases per stage at the tiny preset's scale: per-phase keys name them
+TINY_PHASES = [
+    {"name": "vae", "stage": "vae", "epochs": [0, 1], "train": ["vae"]},
+    {"name": "unet", "stage": "unet", "epochs": [0, 1], "train": ["unet"]},
+    {"name": "unet+text", "stage": "unet", "epochs": [1, 2], "train": ["unet", "text", "align"], "warm_restart": True},
+    {"name": "finetune", "stage": "finetune", "epochs": [0, 1], "train": ["text", "align"]},
+]
+LDM_STUDY = {
+    "family": "ldm",
+    "fixed": {"ldm.strategy": "custom", "ldm.phases": TINY_PHASES},
+    "params": {"ldm.phases.unet+text.lr.unet": {"low": 1.0e-4, "high": 3.0e-3, "log": True}, "unet.lr": {"choices": [1.0e-3, 2.0e-3]}},
+    "objectives": {"fd": "minimize"},
+    "budget": {"trials": 2, "report_every": 1},
+    "pruner": {"type": "none"},
+    "sampler": {"type": "random", "seed": 0},
+    "preset": "tiny",
+}
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"params": {"ldm.phases.nope.lr.unet": {"low": 1e-4, "high": 1e-3}}}, "ldm.phases.nope.lr.unet: no phase named 'nope'"),
+    ({"params": {"ldm.phases.unet.lr.unett": {"low": 1e-4, "high": 1e-3}}}, "unknown component 'unett'"),
+    ({"params": {"ldm.phases.unet.lr.unet": {"low": -1.0, "high": 1e-3}}}, "ldm.phases.unet.lr.unet: -1.0 is not a valid value"),
+    ({"params": {"ldm.phases.unet.epochs": {"low": 1, "high": 2}}}, "a range needs a number field"),
+    ({"params": {"text.hidden_size": {"low": 16, "high": 32}}}, "text.hidden_size: no stage up to until: finetune reads it"),
+    ({"until": "vae"}, "ldm.phases.unet+text.lr.unet: no stage up to until: vae reads it"),
+    ({"budget": {"epochs": 3}}, "budget.epochs: the ldm family has no single epoch count"),
+    ({"family": "cvae", "until": "vae"}, "until: only the ldm family has stages"),
+])
+def test_a_bad_ldm_definition_is_an_error_naming_it(change, message):
+    with pytest.raises(ConfigError) as e:
+        spec = from_dict(StudySpec, {**LDM_STUDY, **change}, "tiny.studies.ldm")
+        check_study(spec, _preset_only("tiny"), "tiny.studies.ldm")
+    assert message in str(e.value)
+
+
+def test_a_phase_key_sets_that_phase_only():
+    from spritegen.sweeps.definition import with_overrides
+
+    raw = with_overrides({}, {**LDM_STUDY["fixed"], "ldm.phases.unet+text.lr.unet": 5e-4})
+    cfgs = validate_sections(raw, ["ldm"])
+    assert [p.lr for p in cfgs["ldm"].phases] == [{}, {}, {"unet": 5e-4}, {}]
 
 
 # --- studies on the tiny pipeline ------------------------------------------------------------------------------
@@ -312,3 +350,114 @@ def test_a_study_round_trips_through_a_real_postgresql_server(workspace, postgre
     assert cli(["sweep", "best", str(path), "--storage", postgres, "--out", "pg"]) == 0
     assert json.loads(capsys.readouterr().out)["best"][0]["number"] == study.best_trial.number
     assert not (workspace / "pg/journal.log").exists(), "the database holds the study, not a journal"
+
+
+# --- the ldm and gan families ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ldm_study(workspace):
+    path = write_def(workspace, {**LDM_STUDY, "budget": {"trials": 1, "report_every": 1}}, "ldmtiny", "ldm")
+    assert cli(["sweep", "run", str(path), "--out", "l", "--no-plots"]) == 0
+    return _load(workspace / "l", "ldmtiny-ldm")
+
+
+@pytest.mark.slow
+def test_an_ldm_study_chains_vae_unet_finetune_and_scores_samples(workspace, ldm_study):
+    from spritegen.ldm.models import load_bundle
+
+    (t,) = ldm_study.get_trials()
+    assert t.state.name == "COMPLETE", t.user_attrs.get("reason")
+    # steps count every stage's epochs: vae 1 (not scored: no U-Net yet), unet 2, finetune 1
+    assert sorted(t.intermediate_values) == [2, 3, 4] and t.value == t.intermediate_values[4]
+    model = workspace / "l/trials/0000/model"
+    assert all((model / stage / "model.safetensors").exists() for stage in ("vae", "unet", "finetune"))
+    phases = yaml.safe_load((model / "unet/config.yaml").read_text())["params"]["ldm"]["phases"]
+    assert phases[2]["lr"] == {"unet": t.params["ldm.phases.unet+text.lr.unet"]}, "the per-phase rate reached the stage"
+    recorded = yaml.safe_load((workspace / "l/trials/0000/params.yaml").read_text())
+    assert recorded["ldm"]["phases"][2]["lr"] == phases[2]["lr"] and recorded["unet"]["lr"] == t.params["unet.lr"]
+    assert load_bundle(model / "finetune").unet is not None
+
+
+@pytest.mark.slow
+def test_the_ldm_reader_leaves_training_bit_identical(workspace, ldm_study, tmp_path):
+    """The trial's unet stage ran with the sweep's reader (sampling the model after every epoch); the
+    same stage from the same vae output without a reader publishes the same weights, byte for byte."""
+    import shutil
+
+    from spritegen.ldm.train import train_stage
+    from spritegen.sweeps.trial import FAMILY_SECTIONS
+
+    from spritegen.config import deep_merge
+
+    trial = workspace / "l/trials/0000"
+    raw = deep_merge(_preset_only("tiny"), yaml.safe_load((trial / "params.yaml").read_text()))
+    cfgs = validate_sections(raw, FAMILY_SECTIONS["ldm"])
+    shutil.copytree(trial / "model/vae", tmp_path / "vae")
+    train_stage("unet", cfgs, workspace / "data/prepared", tmp_path, workspace / "models/text", live_dir=None, progress=False)
+    for name in ("model.safetensors", "metrics.json"):
+        assert (trial / "model/unet" / name).read_bytes() == (tmp_path / "unet" / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_an_ldm_vae_study_scores_the_vae_reconstructions(workspace):
+    study = {**LDM_STUDY, "until": "vae", "fixed": {}, "params": {"vae.kl_max_weight": {"low": 1e-6, "high": 1e-2, "log": True}},
+             "budget": {"trials": 1, "report_every": 1}}
+    path = write_def(workspace, study, "ldmvae", "vae")
+    assert cli(["sweep", "run", str(path), "--out", "v", "--no-plots"]) == 0
+    (t,) = _load(workspace / "v", "ldmvae-vae").get_trials()
+    assert t.state.name == "COMPLETE" and sorted(t.intermediate_values) == [1]
+    model = workspace / "v/trials/0000/model"
+    assert (model / "vae/model.safetensors").exists() and not (model / "unet").exists()
+
+
+@pytest.mark.slow
+def test_a_tiny_gan_study_runs(workspace):
+    study = {"family": "gan", "params": {"gan.lr_g": {"low": 1e-4, "high": 1e-3, "log": True}},
+             "objectives": {"fd": "minimize"}, "budget": {"trials": 2, "epochs": 2}, "pruner": {"type": "none"},
+             "sampler": {"type": "random", "seed": 0}, "preset": "tiny"}
+    path = write_def(workspace, study, "gantiny", "gan")
+    assert cli(["sweep", "run", str(path), "--out", "g", "--no-plots"]) == 0
+    trials = _load(workspace / "g", "gantiny-gan").get_trials()
+    assert len(trials) == 2
+    for t in trials:  # complete, or pruned on persistent collapse with its reason; never failed
+        assert t.state.name in ("COMPLETE", "PRUNED"), t.user_attrs.get("reason")
+        assert t.intermediate_values
+    assert any(t.state.name == "COMPLETE" for t in trials)
+
+
+# --- DVC experiments ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_each_completed_trial_is_a_dvc_experiment(workspace, monkeypatch):
+    """In a git + DVC repository every completed trial is saved as an experiment: ``dvc exp show``
+    lists it with its params and metrics; the project's own stages (dvc.lock) are not committed."""
+    repo = workspace / "repo"
+    repo.mkdir()
+    monkeypatch.chdir(repo)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], check=True)
+    Path("dvc.yaml").write_text("stages:\n  s:\n    cmd: echo hi > o.txt\n    outs: [o.txt]\n")
+    Path(".gitignore").write_text("sweeps_out/\n")
+    subprocess.run(["git", "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], check=True)
+    path = write_def(repo, {**TINY_STUDY, "budget": {"trials": 2, "epochs": 1}, "pruner": {"type": "none"}}, "exp")
+    inputs = ["--data", str(workspace / "data/prepared"), "--text", str(workspace / "models/text"),
+              "--evaluator", str(workspace / "models/evaluator"), "--ref-cache", str(workspace / "reference")]
+    assert cli(["sweep", "run", str(path), *inputs]) == 0
+    shown = json.loads(subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], check=True,
+                                      capture_output=True, text=True).stdout)
+    exps = {r["name"]: r["data"] for row in shown for e in (row.get("experiments") or []) for r in e["revs"]}
+    study = _load(repo / "sweeps_out/exp-cvae", "exp-cvae")
+    assert sorted(exps) == ["exp-cvae-t0000", "exp-cvae-t0001"]
+    for t in study.get_trials():
+        row = json.loads((repo / f"sweeps_out/exp-cvae/trials/{t.number:04d}/trial.json").read_text())
+        data = exps[row["dvc_exp"]]
+        params = data["params"]["sweeps_exp/exp-cvae/params.yaml"]["data"]
+        metrics = data["metrics"]["sweeps_exp/exp-cvae/metrics.json"]["data"]
+        assert params["cvae"]["kl_weight"] == t.params["cvae.kl_weight"] and params["cvae"]["epochs"] == 1
+        assert metrics["trial"] == t.number and metrics["fd"] == t.value
+    assert (repo / "sweeps_exp/exp-cvae/plots/optimization_history.png").exists()
+    assert not (repo / "dvc.lock").exists(), "the project's stages were not committed"

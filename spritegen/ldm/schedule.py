@@ -129,6 +129,10 @@ def validate_phases(phases: list[Phase]) -> None:
         for k in set(p.lr) | set(p.grad_clip):
             if k not in COMPONENTS:
                 raise ConfigError(f"{where}: unknown component {k!r} in lr/grad_clip; components: {list(COMPONENTS)}")
+        for what, values in (("lr", p.lr), ("grad_clip", p.grad_clip)):  # the field's gt 0 reaches no dict value
+            for k, v in values.items():
+                if not v > 0:
+                    raise ConfigError(f"{where}: {what}.{k} must be > 0, got {v}")
         for k, w in p.loss_weights.items():
             if k not in LOSS_TERMS:
                 raise ConfigError(f"{where}: unknown loss term {k!r}; terms: {list(LOSS_TERMS)}")

@@ -19,11 +19,13 @@ bit for bit on the CPU. Several GPUs: ``accelerate launch --num_processes N -m s
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -117,8 +119,13 @@ class PhaseSetup:
 
 def train_stage(stage: str, cfgs: dict, data_dir: Path, out_root: Path, text_dir: Path = Path("models/text"), *,
                 resume: bool = False, fresh: bool = False, allow_param_changes: bool = False, stop_after: int | None = None,
-                live_dir: Path | None = None, progress: bool | None = None) -> dict:
+                live_dir: Path | None = None, progress: bool | None = None, on_epoch: Callable | None = None) -> dict:
     """Run the phases of ``cfgs["ldm"]`` tagged ``stage``; returns the final metrics (rank 0's).
+
+    ``on_epoch(epoch, metrics, read)``, when given, is called on rank 0 after each epoch's state is saved,
+    with ``read(fn)`` returning ``fn(ldm)`` on the models as they are then (``read_models``). It is how a
+    sweep trial (spritegen/sweeps) scores and prunes a run of this same loop; it reads and may raise (the
+    saved state stays resumable), it never steers the loop.
 
     Under ``accelerate launch`` / ``torchrun`` every rank holds the same weights, makes the same random
     draws for the whole global batch (``batch_size`` is the global batch), trains on its share and
@@ -178,6 +185,8 @@ def train_stage(stage: str, cfgs: dict, data_dir: Path, out_root: Path, text_dir
                 epoch = e + 1
                 metrics = end_of_epoch(s, ph, epoch, step, epoch_means, val, root, log, early, params, last_epoch,
                                        images_per_s=len(s.data) / max(time.time() - t_epoch, 1e-9))
+                if on_epoch is not None and rt.main:
+                    on_epoch(epoch, metrics, lambda fn: read_models(s, fn))
                 if early.stop:
                     break
             prev_opt = (ph.opt, ph.names)
@@ -198,6 +207,23 @@ def train_stage(stage: str, cfgs: dict, data_dir: Path, out_root: Path, text_dir
                                  "images_per_s": (step - steps_at_start) * batch_size / max(seconds, 1e-9)})
     rt.dist.barrier()
     return metrics
+
+
+def read_models(s: StageRun, fn: Callable[[LDM], Any]) -> Any:
+    """``fn(ldm)`` on the models as they are now, as the stage would publish them (the U-Net's EMA weights
+    in ``unet_ema``), every module in eval mode and without gradients. The loop is left as it was: the
+    modules' train/eval modes are restored and ``s.ldm`` is not replaced (``fn`` gets a shallow copy), so
+    a run with a reader trains exactly what a run without one trains."""
+    view = dataclasses.replace(s.ldm, unet_ema=s.ema.state_dict() if s.ema is not None else s.ldm.unet_ema)
+    was = {k: m.training for k, m in s.ldm.modules().items()}
+    for m in s.ldm.modules().values():
+        m.eval()
+    try:
+        with torch.no_grad():
+            return fn(view)
+    finally:
+        for k, m in s.ldm.modules().items():
+            m.train(was[k])
 
 
 def _say(msg: str) -> None:
