@@ -143,6 +143,8 @@ def test_download_is_a_named_png_of_that_seed(client):
     ({"prompt": PROMPT, "family": "ldm", "steps": 101}, "steps", "between 1 and 100"),
     ({"prompt": PROMPT, "family": "ldm", "guidance": 21}, "guidance", "between 0 and 20"),
     ({"prompt": PROMPT, "family": "ldm", "guidance": -0.5}, "guidance", "between 0 and 20"),
+    ({"prompt": PROMPT, "family": "ldm", "guidance": 10**400}, "guidance", "between 0 and 20"),  # float() overflows
+    ({"prompt": PROMPT, "family": "cvae", "temperature": 10**400}, "temperature", "between 0 and 10"),
     ({"prompt": PROMPT, "family": "ldm", "sampler": "euler"}, "sampler", "unknown sampler"),
     ({"prompt": PROMPT, "family": "gan", "steps": 10}, "steps", "does not apply to the gan family"),
     ({"prompt": PROMPT, "family": "ldm", "temperature": 0.5}, "temperature", "does not apply to the ldm family"),
@@ -158,7 +160,13 @@ def test_each_limit_is_a_422_naming_the_field(client, body, field, words):
     assert r.json()["field"] == field and words in r.json()["error"], r.json()
 
 
-@pytest.mark.parametrize("content", [b"{bad json", b"", b"[1, 2]", b"null", b"\xff\xfe"])
+@pytest.mark.parametrize("content", [
+    b"{bad json", b"", b"[1, 2]", b"null", b"\xff\xfe",
+    b"[" * 5000 + b"]" * 5000,  # json.loads: RecursionError, not a JSONDecodeError (found by the fuzz)
+    b'{"prompt": "a red pokemon", "family": "gan", "seed": ' + b"1" * 5000 + b"}",  # over int's 4,300 digits
+    b'{"prompt": "a red \\ud800 pokemon", "family": "gan"}',  # a lone surrogate: the tokenizer cannot read it
+    b'{"prompt": "a red pokemon", "family": "gan", "\\ud800": 1}',  # ... nor UTF-8 encode it in the answer
+])
 def test_malformed_bodies_are_422_in_words(client, content):
     r = client.post("/api/v1/generate", content=content, headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["error"], r.text

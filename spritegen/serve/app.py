@@ -21,6 +21,7 @@ import base64
 import hmac
 import io
 import json
+import math
 import re
 import threading
 import time
@@ -52,8 +53,27 @@ class ApiError(Exception):
         self.status, self.message, self.field, self.headers = status, message, field, headers or {}
 
 
+class AsciiJSON(JSONResponse):
+    """Strict JSON with every non-ASCII character escaped: a lone surrogate a client sent (echoed in an
+    error's field name) cannot be encoded as UTF-8, but its escape can; a NaN metric becomes null, which
+    a browser's JSON.parse accepts."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(finite(content), ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def finite(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite(v) for v in x]
+    return x
+
+
 def error_response(status: int, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "field": field, "status": status}, status_code=status, headers=headers)
+    return AsciiJSON({"error": message, "field": field, "status": status}, status_code=status, headers=headers)
 
 
 class GenerateRequest(BaseModel):
@@ -93,6 +113,10 @@ def resolve(req: GenerateRequest, cfg: ServeConfig, defaults: dict[str, Any]) ->
     if req.family not in cfg.families:
         raise ApiError(422, f"unknown family {req.family!r}; this server offers {', '.join(cfg.families)}", "family")
     prompt = req.prompt.strip()
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800"): JSON allows the escape, the tokenizer cannot read it
+        raise ApiError(422, "the prompt holds a character that is not valid Unicode text (a lone surrogate)", "prompt") from None
     if not prompt:
         raise ApiError(422, "the prompt is empty: describe the sprite", "prompt")
     if len(req.prompt) > cfg.max_prompt_chars:
@@ -109,7 +133,7 @@ def resolve(req: GenerateRequest, cfg: ServeConfig, defaults: dict[str, Any]) ->
             raise ApiError(422, f"{name} does not apply to the {req.family} family", name)
     if req.family == "ldm":
         steps = defaults["steps"] if req.steps is None else req.steps
-        guidance = defaults["guidance"] if req.guidance is None else float(req.guidance)
+        guidance = defaults["guidance"] if req.guidance is None else req.guidance  # compared before float(): 10**400 overflows it
         sampler = defaults["sampler"] if req.sampler is None else req.sampler
         if not 1 <= steps <= cfg.max_steps:
             raise ApiError(422, f"steps must be between 1 and {cfg.max_steps}, got {steps}", "steps")
@@ -117,12 +141,12 @@ def resolve(req: GenerateRequest, cfg: ServeConfig, defaults: dict[str, Any]) ->
             raise ApiError(422, f"guidance must be between 0 and {cfg.max_guidance}, got {guidance}", "guidance")
         if sampler not in SAMPLERS:
             raise ApiError(422, f"unknown sampler {sampler!r}; samplers: {', '.join(SAMPLERS)}", "sampler")
-        sampling = {"steps": steps, "guidance": guidance, "sampler": sampler}
+        sampling = {"steps": steps, "guidance": float(guidance), "sampler": sampler}
     else:
-        temperature = defaults["temperature"] if req.temperature is None else float(req.temperature)
+        temperature = defaults["temperature"] if req.temperature is None else req.temperature
         if not 0 <= temperature <= cfg.max_temperature:
             raise ApiError(422, f"temperature must be between 0 and {cfg.max_temperature:g}, got {temperature}", "temperature")
-        sampling = {"temperature": temperature}
+        sampling = {"temperature": float(temperature)}
     return Settings(prompt, req.family, req.experiment or WORKSPACE, req.num_samples, req.seed, sampling)
 
 
@@ -164,6 +188,8 @@ def validation_error(errors) -> ApiError:
         msg = f"{field} is required"
     elif kind == "extra_forbidden":
         msg = f"unknown field {field!r}; fields: {', '.join(GenerateRequest.model_fields)}"
+    elif kind == "string_unicode":
+        msg = "the body holds a string that is not valid Unicode text (a lone surrogate such as \\ud800)"
     elif kind == "model_type" or field is None:
         msg = "the body must be a JSON object such as {\"prompt\": \"a red fire type pokemon\", \"family\": \"gan\"}"
     else:
@@ -284,7 +310,7 @@ def create_app(cfg: ServeConfig, project: Path = Path("."), sample_defaults: dic
     defaults = {"sampler": "dpm++sde", "steps": 25, "guidance": 5.0, "temperature": 1.0, "batch_size": 32,
                 **(sample_defaults or {})}
     server = Server(cfg, project, defaults, str(pick_device(cfg.device)))
-    app = FastAPI(title="spritegen", version=_version(), docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None)
+    app = FastAPI(title="spritegen", version=_version(), default_response_class=AsciiJSON, docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None)
     app.state.server = server
 
     @app.exception_handler(ApiError)
@@ -324,7 +350,7 @@ def create_app(cfg: ServeConfig, project: Path = Path("."), sample_defaults: dic
         body = await request.body()
         try:
             data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (ValueError, RecursionError) as e:  # bad JSON or bytes, a 5,000-digit number, deep nesting
             raise ApiError(422, f"the body is not valid JSON ({e.__class__.__name__}: {str(e)[:80]})") from None
         return await generate_response(parse_request(data))
 
