@@ -479,7 +479,7 @@ class CaseMaker:
             pairs += [f"{k}={quote(str(v))}" for k, v in b.items()]
         for _ in range(r.randint(0, 4)):
             key = r.choice(QUERY_KEYS + ["", "x", "family[]", "prompt%00", "🔥", "seed;seed", "a" * 300, "__proto__"])
-            value = r.choice(QUERY_VALUES + [quote(r.choice(HOSTILE_NAMES), safe="")] + [quote(r.choice(HOSTILE_PROMPTS).encode("utf-8", "surrogatepass"), safe="")])
+            value = r.choice(QUERY_VALUES + [quote(r.choice(HOSTILE_NAMES).encode("utf-8", "surrogatepass"), safe="")] + [quote(r.choice(HOSTILE_PROMPTS).encode("utf-8", "surrogatepass"), safe="")])
             pairs.append(r.choice([f"{key}={value}", f"{key}", f"{key}=", f"={value}", f"{key}={value}={value}"]))
         r.shuffle(pairs)
         sep = r.choice(["&", "&", "&", ";", "&&"])
