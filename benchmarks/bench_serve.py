@@ -757,7 +757,7 @@ def format_fuzz(report: dict[str, Any]) -> str:
     lines.append("  slowest: " + "; ".join(f"{s['ms']:.0f} ms {s['request'][:80]}" for s in report["slowest"][:3]))
     for e in report["server_errors"]:
         last = e["traceback"].strip().splitlines()[-1] if e["traceback"].strip() else ""
-        lines.append(f"  !! #{e['index']} {e['problem']}: {e['request']}\n     -> {e['response'][:200]}\n     {last}")
+        lines.append(f"  !! #{e['index']} {e['problem']}: {e['request'][:200]}\n     -> {e['response'][:200]}\n     {last}")
     return "\n".join(lines)
 
 
@@ -772,6 +772,19 @@ def error_signature(e: dict[str, Any]) -> str:
         m = re.match(r'File ".*/(spritegen/[^"]+)", line (\d+), in (\S+)', frames[-1])
         where = f" at {m.group(1)}:{m.group(2)} ({m.group(3)})" if m else f" at {frames[-1]}"
     return tb[-1].split(":")[0] + where
+
+
+def short_traceback(tb: str) -> str:
+    """A traceback's frames in spritegen (and the last frame, where it raised) with their code, and the error."""
+    lines = tb.strip().splitlines()
+    frames = [i for i, ln in enumerate(lines) if ln.strip().startswith("File ")]
+    keep = [i for i in frames if "/spritegen/" in lines[i]] + frames[-1:]
+    out = []
+    for i in sorted(set(keep)):
+        out.append("  " + lines[i].strip())
+        if i + 1 < len(lines) and not lines[i + 1].strip().startswith(("File ", "^")):
+            out.append("      " + lines[i + 1].strip())
+    return "\n".join(out + lines[-1:])
 
 
 def server_error_groups(report: dict[str, Any]) -> dict[str, list[dict]]:
@@ -867,7 +880,7 @@ def main() -> int:
         if groups:
             print("\nserver errors by exception (first request of each, and the server's traceback):")
             for last, items in groups.items():
-                print(f"\n== {len(items)} x {last}\n{items[0]['request']}\n{items[0]['traceback'][-3000:]}")
+                print(f"\n== {len(items)} x {last}\n{items[0]['request'][:400]}\n{short_traceback(items[0]['traceback'])}")
         if results["fuzz"]["server_errors"] or not results["fuzz"]["healthy_after"]:
             status = 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
