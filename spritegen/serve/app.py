@@ -274,7 +274,14 @@ class Server:
 
         t0 = time.perf_counter()
         prompts, seeds = [s.prompt] * s.num_samples, [s.seed + k for k in range(s.num_samples)]
-        images = gen.generate(prompts, seeds, on_preview=preview if (on_preview or cancel) else None)
+        try:
+            images = gen.generate(prompts, seeds, on_preview=preview if (on_preview or cancel) else None)
+        except Cancelled:
+            self.count("cancelled")
+            raise
+        except Exception:
+            self.count("failed")
+            raise
         ms = (time.perf_counter() - t0) * 1000
         self.count("generated")
         return {"family": s.family, "experiment": s.experiment, "version": loaded.version, "images": b64_pngs(images),
@@ -322,6 +329,10 @@ def create_app(cfg: ServeConfig, project: Path = Path("."), sample_defaults: dic
         p = error_payload(e)
         return error_response(p["status"], p["error"], p["field"], {"Retry-After": "60"} if p["status"] == 503 else None)
 
+    @app.exception_handler(Exception)  # a bug still answers in the API's shape (and is logged by uvicorn)
+    async def _bug(request: Request, e: Exception):
+        return error_response(500, f"internal error ({e.__class__.__name__}): please report it with the request")
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, e: RequestValidationError):
         err = validation_error(e.errors())
@@ -340,9 +351,14 @@ def create_app(cfg: ServeConfig, project: Path = Path("."), sample_defaults: dic
                 return error_response(401, "missing or wrong API key: send it in the X-API-Key header", "X-API-Key")
         return await call_next(request)
 
+    async def checked_folder(s: Settings) -> None:
+        """422/503 before taking a slot; off the event loop, since an experiment's name may need
+        `dvc exp show` (seconds) or a copy out of the DVC cache."""
+        await asyncio.get_running_loop().run_in_executor(None, server.store.folder, s.family, s.experiment)
+
     async def generate_response(req: GenerateRequest) -> dict[str, Any]:
         s = resolve(req, cfg, defaults)
-        server.store.folder(s.family, s.experiment)  # 422/503 before taking a slot
+        await checked_folder(s)
         return await (await server.run(lambda: server.generate(s)))
 
     @app.post("/api/v1/generate")
@@ -367,7 +383,7 @@ def create_app(cfg: ServeConfig, project: Path = Path("."), sample_defaults: dic
     @app.get("/api/v1/generate/stream")
     async def stream(request: Request):
         s = resolve(from_query(request.query_params), cfg, defaults)
-        server.store.folder(s.family, s.experiment)
+        await checked_folder(s)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
@@ -377,9 +393,8 @@ def create_app(cfg: ServeConfig, project: Path = Path("."), sample_defaults: dic
                 result = server.generate(s, lambda p: loop.call_soon_threadsafe(queue.put_nowait, ("preview", p)), cancel)
                 loop.call_soon_threadsafe(queue.put_nowait, ("result", result))
             except Cancelled:
-                server.count("cancelled")
+                pass  # counted by server.generate; nobody is listening
             except Exception as e:  # noqa: BLE001 - reported to the client as an error event
-                server.count("failed")
                 loop.call_soon_threadsafe(queue.put_nowait, ("error", error_payload(e)))
 
         future = await server.run(work)  # 429/503 here are plain responses, before the stream starts
