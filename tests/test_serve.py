@@ -11,10 +11,8 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,7 +23,7 @@ httpx = pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from spritegen.serve.app import create_app  # noqa: E402
+from spritegen.serve.app import create_app, in_thread as live  # noqa: E402
 from spritegen.serve.config import ServeConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -42,27 +40,6 @@ def make_app(project: Path, api_key: str | None = None, **serve):
 def client(trained_project):
     with TestClient(make_app(trained_project, preview_every=2)) as c:
         yield c
-
-
-@contextmanager
-def live(app):
-    """A real uvicorn server on a free port in a thread (the stream's disconnect and concurrency need
-    real sockets)."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(500):
-        if server.started:
-            break
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def decode(b64: str) -> Image.Image:

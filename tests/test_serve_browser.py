@@ -8,11 +8,7 @@ whole module takes a few seconds once the session fixture has trained them.
 from __future__ import annotations
 
 import base64
-import contextlib
 import shutil
-import socket
-import threading
-import time
 
 import pytest
 
@@ -27,26 +23,11 @@ MAX_PROMPT = 60
 KEY = "test-key-123"
 
 
-@contextlib.contextmanager
 def serving(app):
     """uvicorn on a free loopback port in a thread; yields the base URL."""
-    import uvicorn
+    from spritegen.serve.app import in_thread
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    return in_thread(app)
 
 
 @pytest.fixture(scope="module")

@@ -10,37 +10,18 @@ otherwise the note that says why. The same chromium and Playwright as tests/test
 from __future__ import annotations
 
 import argparse
-import contextlib
 import shutil
-import socket
 import sys
-import threading
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
 
-@contextlib.contextmanager
 def serving(app):
     """uvicorn on a free loopback port in a thread; yields the base URL."""
-    import uvicorn
+    from spritegen.serve.app import in_thread
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise SystemExit("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    return in_thread(app)
 
 
 def shrink(path: Path) -> None:

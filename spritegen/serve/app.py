@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
 import io
 import json
@@ -558,3 +559,25 @@ def main(args) -> int:
     print(f"spritegen serve: http://{host}:{port}/ (API: /api/v1, docs: /api/docs)", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0
+
+
+@contextlib.contextmanager
+def in_thread(app, host: str = "127.0.0.1"):
+    """Serve ``app`` with uvicorn on a free port in a background thread; yields the base URL. For
+    notebooks, the tests and docs/serve/screenshot.py (real sockets: streams, disconnects, browsers)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
