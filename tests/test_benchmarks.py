@@ -23,6 +23,6 @@ def test_bench_train_runs_every_stage_and_prints_a_row_each(tmp_path):
 
 
 def test_bench_samplers_and_eval_parse_their_arguments():
-    for script in ("bench_samplers.py", "bench_eval.py", "bench_generate.py", "bench_serve.py"):
+    for script in ("bench_samplers.py", "bench_eval.py", "bench_generate.py", "bench_serve.py", "replay_pruners.py"):
         out = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--help"], capture_output=True, text=True, timeout=120)
         assert out.returncode == 0 and "usage" in out.stdout, f"{script}: {out.stderr[-2000:]}"
