@@ -44,6 +44,7 @@ from spritegen.serve.experiments import Experiments
 from spritegen.serve.models import WORKSPACE, ModelStore, NotTrained, Refused
 
 STATIC = Path(__file__).parent / "static"
+SAMPLE_KEYS = ("sampler", "steps", "guidance", "temperature", "batch_size")  # the sample section's settings a generator takes
 LATENT_ONLY = ("temperature",)  # fields of the cvae and gan families
 DIFFUSION_ONLY = ("steps", "guidance", "sampler")  # fields of the ldm family
 
@@ -249,8 +250,7 @@ class Server:
     def __init__(self, cfg: ServeConfig, project: Path, sample_defaults: dict[str, Any], device: str):
         self.cfg, self.project, self.defaults, self.device = cfg, project, sample_defaults, device
         self.experiments = Experiments(project, cfg.families, cfg.experiments_ttl_s)
-        self.store = ModelStore(project, cfg.models_dir, cfg.families, cfg.device,
-                                {"batch_size": sample_defaults.get("batch_size", 32), **{k: sample_defaults[k] for k in ("sampler", "steps", "guidance", "temperature")}},
+        self.store = ModelStore(project, cfg.models_dir, cfg.families, cfg.device, sample_defaults,
                                 experiments=self.experiments.revs)
         self.pool = ThreadPoolExecutor(max_workers=cfg.max_concurrency, thread_name_prefix="generate")
         self.slots: Slots | None = None  # made in the event loop (asyncio primitives belong to one loop)
@@ -315,42 +315,16 @@ def create_app(cfg: ServeConfig, project: Path = Path("."), sample_defaults: dic
     from spritegen.runtime import pick_device
 
     project = Path(project).resolve()
-    defaults = {"sampler": "dpm++sde", "steps": 25, "guidance": 5.0, "temperature": 1.0, "batch_size": 32,
-                **(sample_defaults or {})}
+    from spritegen.sampling import SampleConfig
+
+    defaults = {k: getattr(SampleConfig(), k) for k in SAMPLE_KEYS} | (sample_defaults or {})
     server = Server(cfg, project, defaults, str(pick_device(cfg.device)))
     app = FastAPI(title="spritegen", version=_version(), default_response_class=AsciiJSON, docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None)
     app.state.server = server
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, e: ApiError):
-        return error_response(e.status, e.message, e.field, e.headers)
-
-    @app.exception_handler(UserError)  # NotTrained: 503 with the command; Refused and the rest: 422
-    async def _user_error(request: Request, e: UserError):
-        p = error_payload(e)
-        return error_response(p["status"], p["error"], p["field"], {"Retry-After": "60"} if p["status"] == 503 else None)
-
-    @app.exception_handler(Exception)  # a bug still answers in the API's shape (and is logged by uvicorn)
-    async def _bug(request: Request, e: Exception):
-        return error_response(500, f"internal error ({e.__class__.__name__}): please report it with the request")
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, e: RequestValidationError):
-        err = validation_error(e.errors())
-        return error_response(err.status, err.message, err.field)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, e: StarletteHTTPException):
-        words = {404: f"no such page: {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
-        return error_response(e.status_code, words.get(e.status_code, str(e.detail)))
-
-    @app.middleware("http")
-    async def _api_key(request: Request, call_next):
-        if api_key and request.url.path.startswith("/api/v1/") and request.url.path != "/api/v1/health":
-            given = request.headers.get("x-api-key", "")
-            if not hmac.compare_digest(given.encode(), api_key.encode()):
-                return error_response(401, "missing or wrong API key: send it in the X-API-Key header", "X-API-Key")
-        return await call_next(request)
+    install_errors(app)
+    if api_key:
+        require_key(app, api_key)
 
     async def checked_folder(s: Settings) -> None:
         """422/503 before taking a slot; off the event loop, since an experiment's name may need
@@ -453,6 +427,45 @@ def create_app(cfg: ServeConfig, project: Path = Path("."), sample_defaults: dic
     return BodyLimit(app, cfg.max_body_bytes)
 
 
+def install_errors(app: FastAPI) -> None:
+    """Every error, ours or the framework's, answers JSON {error, field, status} in words."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, e: ApiError):
+        return error_response(e.status, e.message, e.field, e.headers)
+
+    @app.exception_handler(UserError)  # NotTrained: 503 with the command; Refused and the rest: 422
+    async def _user_error(request: Request, e: UserError):
+        p = error_payload(e)
+        return error_response(p["status"], p["error"], p["field"], {"Retry-After": "60"} if p["status"] == 503 else None)
+
+    @app.exception_handler(Exception)  # a bug still answers in the API's shape (and is logged by uvicorn)
+    async def _bug(request: Request, e: Exception):
+        return error_response(500, f"internal error ({e.__class__.__name__}): please report it with the request")
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, e: RequestValidationError):
+        err = validation_error(e.errors())
+        return error_response(err.status, err.message, err.field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, e: StarletteHTTPException):
+        words = {404: f"no such page: {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+        return error_response(e.status_code, words.get(e.status_code, str(e.detail)))
+
+
+def require_key(app: FastAPI, api_key: str) -> None:
+    """/api/v1 (but health) needs the X-API-Key header; compared in constant time."""
+
+    @app.middleware("http")
+    async def _api_key(request: Request, call_next):
+        if request.url.path.startswith("/api/v1/") and request.url.path != "/api/v1/health":
+            given = request.headers.get("x-api-key", "")
+            if not hmac.compare_digest(given.encode(), api_key.encode()):
+                return error_response(401, "missing or wrong API key: send it in the X-API-Key header", "X-API-Key")
+        return await call_next(request)
+
+
 def error_payload(e: Exception) -> dict[str, Any]:
     if isinstance(e, ApiError):
         return {"error": e.message, "field": e.field, "status": e.status}
@@ -551,7 +564,7 @@ def main(args) -> int:
               file=sys.stderr)
     reproducible(cfg.threads)
     sample = sections["sample"]
-    app = create_app(cfg, Path("."), {k: getattr(sample, k) for k in ("sampler", "steps", "guidance", "temperature", "batch_size")},
+    app = create_app(cfg, Path("."), {k: getattr(sample, k) for k in SAMPLE_KEYS},
                      api_key=os.environ.get(cfg.api_key_env) or None)
     for family, entry in app.state.server.store.status().items():
         state = f"checkpoint {entry['checkpoint']}" if entry["trained"] else f"not trained: {entry['train_command']}"

@@ -82,7 +82,6 @@ class Loaded:
     family: str
     experiment: str
     version: str  # the weights' sha256 prefix
-    folder: Path
 
 
 class ModelStore:
@@ -160,7 +159,7 @@ class ModelStore:
                 except UserError as e:  # a broken or foreign checkpoint: the server's problem, not the request's
                     raise NotTrained(f"the {family} checkpoint cannot be loaded: {e}; retrain it: `{TRAIN_COMMAND[family]}`") from None
                 version = file_hash(weights_file(folder, family))
-                self._loaded[key] = Loaded(generator, family, experiment, version, folder)
+                self._loaded[key] = Loaded(generator, family, experiment, version)
             return self._loaded[key]
 
     def status(self) -> dict[str, Any]:
