@@ -191,6 +191,31 @@ def test_a_tiny_study_end_to_end_with_one_pruned(workspace, tiny_study):
 
 
 @pytest.mark.slow
+def test_a_hyperband_study_prunes_at_its_rungs(workspace):
+    """The shipped kl_weight/cvae pruner: hyperband with epochs as the resource. A trial worse than the
+    others of its bracket at a rung stops there. Hyperband deals trials to brackets by a hash of the
+    study's name and the trial's number; under the name "hb-cvae" the first untrained trial (lr 1e-7)
+    shares the first-rung bracket with trial 0 and stops at epoch 1."""
+    from optuna.trial import TrialState
+
+    from spritegen.sweeps.study import summary
+
+    # five trials: the shipped median pruner would still be in its start-up (n_startup_trials 5)
+    study = {**TINY_STUDY, "pruner": {"type": "hyperband", "min_resource": 1, "reduction_factor": 3},
+             "budget": {"trials": 5, "epochs": 3}}
+    assert cli(["sweep", "run", str(write_def(workspace, study, name="hb")), "--out", "hb", "--no-plots"]) == 0
+    loaded = _load(workspace / "hb", "hb-cvae")
+    trials = loaded.get_trials()
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert len(trials) == 5 and pruned and any(t.state == TrialState.COMPLETE for t in trials)
+    for t in pruned:  # stopped at its last report: that epoch is in the reason and in the compute spent
+        assert t.user_attrs["reason"].startswith(f"pruned at epoch {max(t.intermediate_values)}:")
+        assert t.user_attrs["epochs_trained"] == max(t.intermediate_values)
+    assert any(max(t.intermediate_values) == 1 and t.params["cvae.lr"] == 1e-7 for t in pruned)
+    assert summary(loaded)["epochs_trained"] == sum(max(t.intermediate_values) for t in trials) < 3 * len(trials)
+
+
+@pytest.mark.slow
 def test_the_same_study_run_again_gives_the_same_trials(workspace, tiny_study):
     path, first = tiny_study
     assert cli(["sweep", "run", str(path), "--out", "b", "--trials", "2", "--no-plots"]) == 0
