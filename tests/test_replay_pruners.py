@@ -76,3 +76,16 @@ def test_the_replay_command_reports_savings_and_the_best(tmp_path):
     assert "12 complete trials, 240 epochs without pruning, best #" in out.stdout
     hyperband = [line for line in out.stdout.splitlines() if "hyperband, min 1, factor 3" in line]
     assert len(hyperband) == 1 and "over 5 names" in hyperband[0] and "fewer" in hyperband[0]
+
+
+def test_a_wrong_study_or_file_is_named(tmp_path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = tmp_path / "journal.log"
+    unpruned_study(JournalStorage(JournalFileBackend(str(journal))), "toy-cvae", n=2)
+    script = str(REPO / "benchmarks" / "replay_pruners.py")
+    out = subprocess.run([sys.executable, script, str(journal), "kl_weight-cvae"], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "kl_weight-cvae: no such study" in out.stderr and "toy-cvae" in out.stderr
+    out = subprocess.run([sys.executable, script, str(tmp_path / "none.log"), "toy-cvae"], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "no such journal file" in out.stderr and not (tmp_path / "none.log").exists()

@@ -200,7 +200,7 @@ def test_a_hyperband_study_prunes_at_its_rungs(workspace):
 
     from spritegen.sweeps.study import summary
 
-    # five trials: the shipped median pruner would still be in its start-up (n_startup_trials 5)
+    # five trials: a median pruner with 5 start-up trials would prune none, so a pruned one is hyperband's
     study = {**TINY_STUDY, "pruner": {"type": "hyperband", "min_resource": 1, "reduction_factor": 3},
              "budget": {"trials": 5, "epochs": 3}}
     assert cli(["sweep", "run", str(write_def(workspace, study, name="hb")), "--out", "hb", "--no-plots"]) == 0
